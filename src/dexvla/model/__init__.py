@@ -1,0 +1,1 @@
+"""The DexVLA model: Qwen2-VL backbone, reasoning fusion, ScaleDP diffusion expert, policy."""

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("dexvla.model.commands",)
+COMMAND_MODULES = ("dexvla.model.commands", "dexvla.serve.commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

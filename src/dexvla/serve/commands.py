@@ -1,0 +1,60 @@
+"""`dexvla serve`: serve a checkpoint over websockets with the openpi policy protocol."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "serve", help="serve a checkpoint to openpi-compatible websocket clients"
+    )
+    parser.add_argument("--checkpoint", required=True, help="directory written by training")
+    parser.add_argument(
+        "--embodiment",
+        default=None,
+        help="embodiment to serve (default: the policy's `embodiment` attribute)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind (0 picks a free one)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("DEXVLA_API_KEY"),
+        help="require this key from clients (default: $DEXVLA_API_KEY; unset = no key)",
+    )
+    parser.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=32.0,
+        help="largest observation message accepted, in MiB (default: 32)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dexvla.model.policy import DexVLAPolicy
+    from dexvla.serve.server import PolicyServer
+    from dexvla.serve.service import ChunkPolicyService
+
+    if args.max_message_mb <= 0:
+        raise ValueError(f"--max-message-mb must be positive, got {args.max_message_mb}")
+    policy = DexVLAPolicy.from_pretrained(args.checkpoint)
+    embodiment = args.embodiment or getattr(policy, "embodiment", None)
+    if embodiment is None:
+        raise ValueError("the checkpoint names no single embodiment; pass --embodiment")
+    service = ChunkPolicyService(policy, embodiment, chunk_size=policy.chunk_size)
+    server = PolicyServer(
+        service,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        max_message_bytes=int(args.max_message_mb * 2**20),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve_forever())
+    return 0

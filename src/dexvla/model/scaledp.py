@@ -1,0 +1,324 @@
+"""ScaleDP: the DiT-style diffusion transformer that denoises DexVLA's action chunks.
+
+One token per action step, non-causal self-attention, and adaLN-Zero conditioning on
+(diffusion timestep + VLM condition vector + robot state). Each embodiment has its own input
+projection, state projection and output head on one shared trunk (the paper's multi-head
+output), so one expert can be pre-trained across robots with different action sizes.
+
+Shapes: B batch, Hc action steps (<= chunk_size), A_e / S_e the embodiment's action / state
+size, D width, C cond_dim.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class ScaleDPConfig:
+    """Sizes of a ScaleDP expert; JSON-safe through `to_dict` / `from_dict`.
+
+    `embodiments` maps a name to (action_dim, state_dim); each gets its own input, state and
+    output projections. `state_embed_dim` is the width each embodiment's state is projected to
+    before it is concatenated with the condition vector.
+    """
+
+    depth: int
+    width: int
+    heads: int
+    mlp_ratio: float = 4.0
+    cond_dim: int = 1536
+    chunk_size: int = 50
+    embodiments: dict[str, tuple[int, int]] = field(default_factory=lambda: {"aloha": (14, 14)})
+    state_embed_dim: int = 128
+    time_freq_dim: int = 256
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "width", "heads", "cond_dim", "chunk_size", "state_embed_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ScaleDPConfig.{name} must be a positive int, got {value!r}")
+        if self.width % self.heads != 0:
+            raise ValueError(
+                f"ScaleDPConfig.width ({self.width}) must be divisible by heads ({self.heads})"
+            )
+        if not isinstance(self.time_freq_dim, int) or self.time_freq_dim < 2:
+            raise ValueError(
+                f"ScaleDPConfig.time_freq_dim must be an even int >= 2, got {self.time_freq_dim!r}"
+            )
+        if self.time_freq_dim % 2:
+            raise ValueError(f"ScaleDPConfig.time_freq_dim must be even, got {self.time_freq_dim}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"ScaleDPConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ScaleDPConfig.dropout must be in [0, 1), got {self.dropout}")
+        if not self.embodiments:
+            raise ValueError("ScaleDPConfig.embodiments must name at least one embodiment")
+        embodiments: dict[str, tuple[int, int]] = {}
+        for name, dims in self.embodiments.items():
+            if not isinstance(name, str) or not name or "." in name:
+                raise ValueError(
+                    f"embodiment name must be a non-empty str without '.', got {name!r}"
+                )
+            if len(dims) != 2 or any(not isinstance(d, int) or d <= 0 for d in dims):
+                raise ValueError(
+                    f"embodiment {name!r}: expected (action_dim, state_dim) positive ints, "
+                    f"got {dims!r}"
+                )
+            embodiments[name] = (int(dims[0]), int(dims[1]))
+        # A private copy, so mutating the caller's dict cannot change a built config.
+        object.__setattr__(self, "embodiments", embodiments)
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.width * self.mlp_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (tuples become lists)."""
+        out = asdict(self)
+        out["embodiments"] = {k: list(v) for k, v in self.embodiments.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScaleDPConfig:
+        """Inverse of `to_dict`; unknown keys are an error, not silently dropped."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ScaleDPConfig keys: {unknown}; known: {sorted(known)}")
+        data = dict(data)
+        if "embodiments" in data:
+            data["embodiments"] = {k: tuple(v) for k, v in data["embodiments"].items()}
+        return cls(**data)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation: x (B, L, D), shift/scale (B, D)."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Diffusion timestep -> sinusoidal features -> MLP -> (B, D)."""
+
+    def __init__(self, width: int, freq_dim: int) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
+        """(B,) int or float timesteps -> (B, freq_dim) fp32 features (as in DiT / ADM)."""
+        half = self.freq_dim // 2
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        )
+        args = t.float()[:, None] * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.sinusoid(t).to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention with one fused QKV projection."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.dropout = dropout
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        # (B, L, 3D) -> (3, B, heads, L, D/heads)
+        q, k, v = self.qkv(x).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, heads, L, D/heads)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU (tanh) -> Linear."""
+
+    def __init__(self, width: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+class ScaleDPBlock(nn.Module):
+    """adaLN-Zero transformer block: the condition sets shift, scale and gate of both halves."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, heads, dropout)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(width, mlp_dim, dropout)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        # x (B, L, D), c (B, D) -> six (B, D) modulations
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, -1)
+        x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
+        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm; the per-embodiment heads read its output."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return modulate(self.norm(x), shift, scale)
+
+
+class ScaleDP(nn.Module):
+    """The action expert: predicts the noise in a noisy action chunk.
+
+    Set `gradient_checkpointing = True` to recompute each block in the backward pass (saves
+    activation memory in training; no effect in eval or under `torch.no_grad`).
+    """
+
+    def __init__(self, config: ScaleDPConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.gradient_checkpointing = False
+        D = config.width
+        names = list(config.embodiments)
+        # Per-embodiment projections in and out of the shared trunk.
+        self.action_in = nn.ModuleDict({e: nn.Linear(config.embodiments[e][0], D) for e in names})
+        self.state_in = nn.ModuleDict(
+            {e: nn.Linear(config.embodiments[e][1], config.state_embed_dim) for e in names}
+        )
+        self.action_out = nn.ModuleDict({e: nn.Linear(D, config.embodiments[e][0]) for e in names})
+        self.pos_embed = nn.Parameter(torch.zeros(1, config.chunk_size, D))
+        self.t_embedder = TimestepEmbedder(D, config.time_freq_dim)
+        self.cond_embedder = nn.Sequential(
+            nn.Linear(config.cond_dim + config.state_embed_dim, D), nn.SiLU(), nn.Linear(D, D)
+        )
+        self.blocks = nn.ModuleList(
+            ScaleDPBlock(D, config.heads, config.mlp_dim, config.dropout)
+            for _ in range(config.depth)
+        )
+        self.final_layer = FinalLayer(D)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DiT initialisation: xavier linears, zero adaLN and output (every block = identity)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
+        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        for head in self.action_out.values():
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def _check_inputs(
+        self,
+        noisy_actions: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: torch.Tensor,
+        state: torch.Tensor,
+        embodiment: str,
+    ) -> None:
+        cfg = self.config
+        if embodiment not in cfg.embodiments:
+            raise ValueError(
+                f"unknown embodiment {embodiment!r}; this ScaleDP has {sorted(cfg.embodiments)}"
+            )
+        action_dim, state_dim = cfg.embodiments[embodiment]
+        if noisy_actions.ndim != 3 or noisy_actions.shape[-1] != action_dim:
+            raise ValueError(
+                f"noisy_actions: expected (B, Hc, {action_dim}) for {embodiment!r}, "
+                f"got {tuple(noisy_actions.shape)}"
+            )
+        B, Hc = noisy_actions.shape[:2]
+        if not 1 <= Hc <= cfg.chunk_size:
+            raise ValueError(f"noisy_actions: expected 1 <= Hc <= {cfg.chunk_size}, got Hc={Hc}")
+        if timesteps.shape != (B,):
+            raise ValueError(f"timesteps: expected ({B},), got {tuple(timesteps.shape)}")
+        if cond.shape != (B, cfg.cond_dim):
+            raise ValueError(f"cond: expected ({B}, {cfg.cond_dim}), got {tuple(cond.shape)}")
+        if state.shape != (B, state_dim):
+            raise ValueError(
+                f"state: expected ({B}, {state_dim}) for {embodiment!r}, got {tuple(state.shape)}"
+            )
+
+    def forward(
+        self,
+        noisy_actions: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: torch.Tensor,
+        state: torch.Tensor,
+        embodiment: str,
+    ) -> torch.Tensor:
+        """(B, Hc, A_e), (B,), (B, C), (B, S_e), name -> predicted noise (B, Hc, A_e)."""
+        self._check_inputs(noisy_actions, timesteps, cond, state, embodiment)
+        dtype = self.pos_embed.dtype
+        Hc = noisy_actions.shape[1]
+        # Tokens: one per action step.
+        x = self.action_in[embodiment](noisy_actions.to(dtype))  # (B, Hc, D)
+        x = x + self.pos_embed[:, :Hc]  # (B, Hc, D)
+        # Condition: timestep embedding + MLP(cond ++ projected state).
+        s = self.state_in[embodiment](state.to(dtype))  # (B, state_embed_dim)
+        c = self.cond_embedder(torch.cat([cond.to(dtype), s], dim=-1))  # (B, D)
+        c = c + self.t_embedder(timesteps)  # (B, D)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, c, use_reentrant=False)
+            else:
+                x = block(x, c)  # (B, Hc, D)
+        x = self.final_layer(x, c)  # (B, Hc, D)
+        return self.action_out[embodiment](x)  # (B, Hc, A_e)
+
+
+def count_parameters(config: ScaleDPConfig) -> int:
+    """Parameters of a ScaleDP built on the `meta` device (no weights are allocated)."""
+    with torch.device("meta"):
+        model = ScaleDP(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+# Sizes for the paper's 93M / 410M / 1B experts (counts with cond_dim 1536, chunk 50 and one
+# 14-D embodiment; see docs/scaledp.md). H is the released code's size; B and L are chosen here
+# because the released L (24 x 1024) is 463M, 13% over the paper's 410M.
+SCALEDP_PRESETS: dict[str, ScaleDPConfig] = {
+    "scaledp-tiny": ScaleDPConfig(depth=2, width=128, heads=4),
+    "scaledp-b": ScaleDPConfig(depth=12, width=640, heads=10),
+    "scaledp-l": ScaleDPConfig(depth=28, width=896, heads=14),
+    "scaledp-h": ScaleDPConfig(depth=32, width=1280, heads=16),
+}
+
+
+def scaledp_preset(name: str, **overrides: Any) -> ScaleDPConfig:
+    """A preset by name, with fields replaced (e.g. `embodiments=...`, `cond_dim=...`)."""
+    if name not in SCALEDP_PRESETS:
+        raise ValueError(f"unknown ScaleDP preset {name!r}; known: {sorted(SCALEDP_PRESETS)}")
+    return replace(SCALEDP_PRESETS[name], **overrides)

@@ -9,14 +9,21 @@ import time
 import numpy as np
 import pytest
 
-from dexvla.infer.runtime import ChunkPolicy, InferenceRuntime, Reasoning, RuntimeConfig
+from dexvla.infer.runtime import (
+    BatchedInferenceRuntime,
+    ChunkPolicy,
+    InferenceRuntime,
+    Reasoning,
+    RuntimeConfig,
+)
 
 OBS = {"observation.state": np.zeros(2, np.float32), "task": "t", "embodiment": "sawyer"}
 
 
 class FakePolicy:
     """Chunk c (0-based, in call order) holds action c*100 + i at row i, column 0 (column 1 is
-    its negative), so every executed action says which chunk and row it came from."""
+    its negative), so every executed action says which chunk and row it came from. For a list
+    of observations, environment n gets a (H, 2) chunk offset by 1000 * n."""
 
     def __init__(self, horizon: int = 4, gate: threading.Event | None = None) -> None:
         self.horizon = horizon
@@ -34,18 +41,25 @@ class FakePolicy:
         self.reasoning_threads.append(threading.current_thread().name)
         if n > 0 and self.gate is not None:
             assert self.gate.wait(timeout=5.0), "test gate never opened"
+        if isinstance(obs, list):
+            return Reasoning([f"substep-{n}-env{e}" for e in range(len(obs))], np.full(3, n))
         return Reasoning(text=f"substep-{n}", states=np.full(3, n))
 
     def predict_action_chunk(
         self, obs: dict, reasoning: Reasoning | None = None
     ) -> tuple[np.ndarray, Reasoning]:
-        self.chunk_calls.append(None if reasoning is None else reasoning.text)
+        self.chunk_calls.append(None if reasoning is None else str(reasoning.text))
         if reasoning is None:
             reasoning = self.generate_reasoning(obs)
-        self.chunk_used.append(reasoning.text)
+        self.chunk_used.append(str(reasoning.text))
         c = len(self.chunk_calls) - 1
         rows = np.arange(self.horizon, dtype=np.float32) + 100 * c
-        return np.stack([rows, -rows], axis=1), reasoning
+        chunk = np.stack([rows, -rows], axis=1)
+        if isinstance(obs, list):
+            return np.stack(
+                [chunk + 1000 * n * np.array([1, -1]) for n in range(len(obs))]
+            ), reasoning
+        return chunk, reasoning
 
     @property
     def generated(self) -> int:
@@ -228,3 +242,55 @@ def test_stats_report_latencies() -> None:
     assert stats["chunk_latency"]["count"] == 2
     assert stats["reasoning_latency"]["count"] == 2
     assert stats["substep"] == "substep-1"
+
+
+def test_batched_runtime_steps_all_environments_with_one_call_per_chunk() -> None:
+    policy = FakePolicy(horizon=3)
+    runtime = BatchedInferenceRuntime(policy, RuntimeConfig(execute_steps=2), num_envs=2)
+    actions = [runtime.step([OBS, OBS]) for _ in range(3)]
+    assert all(a.shape == (2, 2) and a.dtype == np.float32 for a in actions)
+    np.testing.assert_array_equal([a[:, 0] for a in actions], [[0, 1000], [1, 1001], [100, 1100]])
+    np.testing.assert_array_equal(actions[2][:, 1], [-100, -1100])
+    assert len(policy.chunk_calls) == 2
+    assert runtime.substep == ["substep-1-env0", "substep-1-env1"]  # reasoning_every=1
+
+
+def test_batched_ensembling_averages_per_environment() -> None:
+    policy = FakePolicy(horizon=3)
+    config = RuntimeConfig(mode="ensemble", execute_steps=1, ensemble_decay=0.0)
+    runtime = BatchedInferenceRuntime(policy, config, num_envs=3)
+    runtime.step([OBS] * 3)
+    np.testing.assert_allclose(runtime.step([OBS] * 3)[:, 0], [50.5, 1050.5, 2050.5])
+
+
+def test_batched_async_reasoning_snapshots_every_observation() -> None:
+    policy = FakePolicy(horizon=2)
+    config = RuntimeConfig(execute_steps=1, reasoning_every=1, async_reasoning=True)
+    with BatchedInferenceRuntime(policy, config, num_envs=2) as runtime:
+        for _ in range(3):
+            runtime.step([OBS, OBS])
+            wait_for_reasoning(runtime)
+    assert policy.chunk_used == [str(["substep-0-env0", "substep-0-env1"])] * 2 + [
+        str(["substep-1-env0", "substep-1-env1"])
+    ]
+
+
+def test_batched_runtime_checks_the_batch() -> None:
+    runtime = BatchedInferenceRuntime(
+        FakePolicy(horizon=2), RuntimeConfig(execute_steps=1), num_envs=2
+    )
+    with pytest.raises(ValueError, match="list of 2 observations"):
+        runtime.step([OBS])
+    with pytest.raises(ValueError, match="list of 2 observations"):
+        runtime.step(OBS)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="num_envs"):
+        BatchedInferenceRuntime(FakePolicy(), num_envs=0)
+
+
+def test_single_runtime_refuses_a_batched_chunk() -> None:
+    class BatchPolicy(FakePolicy):
+        def predict_action_chunk(self, obs, reasoning=None):
+            return super().predict_action_chunk([obs, obs], reasoning)
+
+    with pytest.raises(ValueError, match="shape"):
+        InferenceRuntime(BatchPolicy(horizon=2), RuntimeConfig(execute_steps=1)).step(OBS)

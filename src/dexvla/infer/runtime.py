@@ -13,8 +13,9 @@ A DexVLA policy predicts a chunk of H actions at once and, before that, a sub-st
   thread while chunks keep coming from the latest finished reasoning; only the very first
   chunk of an episode waits for reasoning.
 
-Parallel environments: run one `InferenceRuntime` per environment around one shared policy; each
-keeps its own chunk queue, reasoning cache and cadence (see docs/serving.md).
+Parallel environments: `BatchedInferenceRuntime` steps N environments in lockstep with one
+batched policy call per chunk (the policy takes a list of observations); for environments that
+must reset independently, run one `InferenceRuntime` per environment instead.
 """
 
 from __future__ import annotations
@@ -27,16 +28,20 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+Observations = dict[str, Any] | list[dict[str, Any]]
+"""One observation dict (docs/interfaces.md), or a list of them for a batch."""
+
 
 @dataclass
 class Reasoning:
-    """The VLM's output for one observation: the sub-step text and whatever the policy caches.
+    """The VLM's output: the sub-step text and whatever the policy caches to reuse it.
 
-    `states` is opaque to the runtime (e.g. the hidden states the diffusion expert is
-    conditioned on); the runtime only stores it and hands it back to the policy.
+    `text` is a str for one observation (a dict) and a list of str, one per observation, for a
+    batch (a list of dicts). `states` is opaque to the runtime (e.g. the hidden states the
+    diffusion expert is conditioned on); the runtime only stores it and hands it back.
     """
 
-    text: str
+    text: str | list[str]
     states: Any = None
 
 
@@ -44,19 +49,20 @@ class Reasoning:
 class ChunkPolicy(Protocol):
     """What the runtime and the server need from a policy (`DexVLAPolicy` implements it).
 
-    `obs` is one observation dict as in docs/interfaces.md. Actions are in robot units.
-    A policy used with ``async_reasoning=True`` must accept `generate_reasoning` and
-    `predict_action_chunk` being called at the same time from two threads.
+    `obs` is one observation dict as in docs/interfaces.md, or, for `BatchedInferenceRuntime`,
+    a list of them (all of one embodiment). Actions are in robot units. A policy used with
+    ``async_reasoning=True`` must accept `generate_reasoning` and `predict_action_chunk` being
+    called at the same time from two threads.
     """
 
-    def generate_reasoning(self, obs: dict[str, Any]) -> Reasoning:
+    def generate_reasoning(self, obs: dict[str, Any] | list[dict[str, Any]]) -> Reasoning:
         """Run the VLM (slow) and return the sub-step text with the cached states."""
         ...
 
     def predict_action_chunk(
-        self, obs: dict[str, Any], reasoning: Reasoning | None = None
+        self, obs: dict[str, Any] | list[dict[str, Any]], reasoning: Reasoning | None = None
     ) -> tuple[np.ndarray, Reasoning]:
-        """Return an (H, A) action chunk; reuse `reasoning` if given, else generate it."""
+        """Return an (H, A) chunk, (B, H, A) for a list; reuse `reasoning`, else generate it."""
         ...
 
 
@@ -142,6 +148,7 @@ class InferenceRuntime:
             else None
         )
         self._counters = _Counters()
+        self._batch_shape: tuple[int, ...] = ()
         self._pending: Future[tuple[Reasoning, float]] | None = None
         self.reset()
 
@@ -167,8 +174,8 @@ class InferenceRuntime:
         self._reasoning_requested = True
 
     @property
-    def substep(self) -> str | None:
-        """The sub-step text the current actions were generated from (None before the first)."""
+    def substep(self) -> str | list[str] | None:
+        """The sub-step the current actions come from (None before the first chunk)."""
         return None if self._reasoning is None else self._reasoning.text
 
     @property
@@ -178,6 +185,9 @@ class InferenceRuntime:
 
     def step(self, obs: dict[str, Any]) -> np.ndarray:
         """Return the action (A,) float32 to execute now, predicting a new chunk if due."""
+        return self._step(obs)
+
+    def _step(self, obs: Observations) -> np.ndarray:
         start = time.perf_counter()
         if self._t % self.config.execute_steps == 0:
             self._predict_chunk(obs)
@@ -224,7 +234,7 @@ class InferenceRuntime:
             self._reasoning_requested or self._chunks_since_reasoning >= self.config.reasoning_every
         )
 
-    def _predict_chunk(self, obs: dict[str, Any]) -> None:
+    def _predict_chunk(self, obs: Observations) -> None:
         start = time.perf_counter()
         if self.config.async_reasoning:
             chunk = self._predict_chunk_async(obs)
@@ -233,10 +243,10 @@ class InferenceRuntime:
         self._counters.chunks += 1
         self._counters.chunk_latency.add((time.perf_counter() - start) * 1e3)
         self._chunks.append((self._t, self._check_chunk(chunk)))
-        while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) <= self._t:
+        while self._chunks and self._chunks[0][0] + self._chunks[0][1].shape[-2] <= self._t:
             self._chunks.popleft()
 
-    def _predict_chunk_sync(self, obs: dict[str, Any]) -> np.ndarray:
+    def _predict_chunk_sync(self, obs: Observations) -> np.ndarray:
         if self._reasoning is None or self._reasoning_due():
             reasoning_start = time.perf_counter()
             chunk, self._reasoning = self.policy.predict_action_chunk(obs, None)
@@ -250,7 +260,7 @@ class InferenceRuntime:
         self._chunks_since_reasoning += 1
         return chunk
 
-    def _predict_chunk_async(self, obs: dict[str, Any]) -> np.ndarray:
+    def _predict_chunk_async(self, obs: Observations) -> np.ndarray:
         self._collect_finished_reasoning()
         if self._reasoning is None:
             return self._predict_chunk_sync(obs)
@@ -261,10 +271,9 @@ class InferenceRuntime:
         self._chunks_since_reasoning += 1
         return chunk
 
-    def _start_background_reasoning(self, obs: dict[str, Any]) -> None:
+    def _start_background_reasoning(self, obs: Observations) -> None:
         assert self._executor is not None
-        # The environment may reuse its observation buffers while the job runs.
-        snapshot = {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in obs.items()}
+        snapshot = _snapshot(obs)
 
         def job() -> tuple[Reasoning, float]:
             start = time.perf_counter()
@@ -286,11 +295,12 @@ class InferenceRuntime:
 
     def _check_chunk(self, chunk: np.ndarray) -> np.ndarray:
         chunk = np.asarray(chunk, dtype=np.float32)
-        if chunk.ndim != 2:
-            raise ValueError(f"policy returned an action chunk of shape {chunk.shape}; want (H, A)")
-        if chunk.shape[0] < self.config.execute_steps:
+        want = (*self._batch_shape, "H", "A")
+        if chunk.ndim != len(want) or chunk.shape[: len(self._batch_shape)] != self._batch_shape:
+            raise ValueError(f"policy returned an action chunk of shape {chunk.shape}; want {want}")
+        if chunk.shape[-2] < self.config.execute_steps:
             raise ValueError(
-                f"policy returned a chunk of {chunk.shape[0]} actions but execute_steps is "
+                f"policy returned a chunk of {chunk.shape[-2]} actions but execute_steps is "
                 f"{self.config.execute_steps}; lower execute_steps to at most the chunk size"
             )
         if not np.isfinite(chunk).all():
@@ -300,8 +310,42 @@ class InferenceRuntime:
     def _action_at(self, t: int) -> np.ndarray:
         if self.config.mode == "chunk":
             start, chunk = self._chunks[-1]
-            return chunk[t - start].copy()
-        predictions = [chunk[t - start] for start, chunk in self._chunks if t - start < len(chunk)]
+            return chunk[..., t - start, :].copy()
+        predictions = [
+            chunk[..., t - start, :] for start, chunk in self._chunks if t - start < chunk.shape[-2]
+        ]
         weights = np.exp(-self.config.ensemble_decay * np.arange(len(predictions)))
         stacked = np.stack(predictions).astype(np.float64)
-        return (weights @ stacked / weights.sum()).astype(np.float32)
+        return (np.tensordot(weights, stacked, axes=1) / weights.sum()).astype(np.float32)
+
+
+class BatchedInferenceRuntime(InferenceRuntime):
+    """Steps N environments in lockstep: `step([obs_0, ..., obs_N-1]) -> actions (N, A)`.
+
+    One batched policy call per chunk serves every environment; chunking, ensembling and the
+    reasoning cadence are shared, and `reset()` restarts all of them together (an environment
+    that finishes early keeps being stepped, or its actions are ignored). `substep` is a list.
+    """
+
+    def __init__(
+        self, policy: ChunkPolicy, config: RuntimeConfig | None = None, *, num_envs: int
+    ) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        super().__init__(policy, config)
+        self.num_envs = num_envs
+        self._batch_shape = (num_envs,)
+
+    def step(self, obs: list[dict[str, Any]]) -> np.ndarray:  # type: ignore[override]
+        """Return the actions (N, A) float32 to execute now, one row per environment."""
+        if not isinstance(obs, list) or len(obs) != self.num_envs:
+            got = len(obs) if isinstance(obs, list) else type(obs).__name__
+            raise ValueError(f"expected a list of {self.num_envs} observations, got {got}")
+        return self._step(obs)
+
+
+def _snapshot(obs: Observations) -> Observations:
+    """Copy the arrays of an observation (or a list of them): environments reuse buffers."""
+    if isinstance(obs, list):
+        return [_snapshot(one) for one in obs]
+    return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in obs.items()}

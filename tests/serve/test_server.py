@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import http.client
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import msgpack
 import numpy as np
@@ -340,3 +342,45 @@ def test_serve_command_is_registered_with_loopback_defaults() -> None:
     args = build_parser().parse_args(["serve", "--checkpoint", "ckpt"])
     assert (args.host, args.port, args.max_message_mb) == ("127.0.0.1", 8000, 32.0)
     assert args.func.__module__ == "dexvla.serve.commands"
+
+
+def test_serve_command_wires_checkpoint_embodiment_and_limits(monkeypatch) -> None:
+    from dexvla.cli import main
+
+    loaded_from: list[str] = []
+
+    def from_pretrained(directory: str) -> EchoPolicy:
+        loaded_from.append(directory)
+        policy = EchoPolicy()
+        policy.config = SimpleNamespace(embodiments=(EMBODIMENT,), chunk_size=CHUNK)
+        return policy
+
+    fake_class = SimpleNamespace(from_pretrained=from_pretrained)
+    fake_module = SimpleNamespace(DexVLAPolicy=fake_class)
+    monkeypatch.setitem(sys.modules, "dexvla.model.policy", fake_module)
+    seen: list[PolicyServer] = []
+
+    async def serve_once(self: PolicyServer) -> None:
+        await self.start()
+        seen.append(self)
+        await self.stop()
+
+    monkeypatch.setattr(PolicyServer, "serve_forever", serve_once)
+    argv = [
+        "serve",
+        "--checkpoint",
+        "ckpt",
+        "--port",
+        "0",
+        "--api-key",
+        "k",
+        "--max-message-mb",
+        "1",
+    ]
+    assert main(argv) == 0
+    (server,) = seen
+    assert loaded_from == ["ckpt"]
+    assert (server.host, server.api_key, server.max_message_bytes) == ("127.0.0.1", "k", 2**20)
+    assert server.service.metadata()["embodiment"] == EMBODIMENT
+    assert server.service.metadata()["chunk_size"] == CHUNK
+    assert main(["serve", "--checkpoint", "ckpt", "--embodiment", "aloha"]) == 2

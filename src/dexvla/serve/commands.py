@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--embodiment",
         default=None,
-        help="embodiment to serve (default: the policy's `embodiment` attribute)",
+        help="embodiment to serve (default: the checkpoint's, if it has exactly one)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (0 picks a free one)")
@@ -43,10 +43,14 @@ def run(args: argparse.Namespace) -> int:
     if args.max_message_mb <= 0:
         raise ValueError(f"--max-message-mb must be positive, got {args.max_message_mb}")
     policy = DexVLAPolicy.from_pretrained(args.checkpoint)
-    embodiment = args.embodiment or getattr(policy, "embodiment", None)
-    if embodiment is None:
-        raise ValueError("the checkpoint names no single embodiment; pass --embodiment")
-    service = ChunkPolicyService(policy, embodiment, chunk_size=policy.chunk_size)
+    served = policy.config.embodiments
+    embodiment = args.embodiment or (served[0] if len(served) == 1 else None)
+    if embodiment not in served:
+        raise ValueError(
+            f"pass --embodiment as one of the checkpoint's embodiments {list(served)}"
+            + ("" if embodiment is None else f", not {embodiment!r}")
+        )
+    service = ChunkPolicyService(policy, embodiment, chunk_size=policy.config.chunk_size)
     server = PolicyServer(
         service,
         host=args.host,

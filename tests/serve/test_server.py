@@ -51,6 +51,8 @@ class EchoPolicy:
             raise RuntimeError("boom")
         if obs["task"] == "bad shape":
             return np.zeros((CHUNK + 1, 4), np.float32), reasoning
+        if obs["task"] == "unencodable":
+            reasoning = Reasoning(text=object())  # type: ignore[arg-type]
         return state[None, :] + np.arange(CHUNK, dtype=np.float32)[:, None], reasoning
 
 
@@ -234,6 +236,7 @@ def bad_messages() -> list[tuple[str, bytes | str, str]]:
         ("oversized", packb(oversized_obs()), "exceeds the limit"),
         ("policy exception", packb(make_obs([0, 0, 0, 0], task="explode")), "boom"),
         ("policy bad output", packb(make_obs([0, 0, 0, 0], task="bad shape")), "shape"),
+        ("unencodable reply", packb(make_obs([0, 0, 0, 0], task="unencodable")), "encode"),
     ]
 
 

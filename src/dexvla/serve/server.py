@@ -92,11 +92,18 @@ class PolicyServer:
         await websocket.send(self._metadata_frame)
         try:
             async for message in websocket:
-                reply = await self._answer(message)
-                await websocket.send(packb(reply))
+                await websocket.send(self._encode(await self._answer(message)))
         except websockets.ConnectionClosed:
             pass
         logger.info("connection from %s closed", websocket.remote_address)
+
+    @staticmethod
+    def _encode(reply: dict[str, Any]) -> bytes:
+        try:
+            return packb(reply)
+        except (TypeError, ValueError) as error:
+            logger.exception("could not encode the reply")
+            return packb({"error": f"server could not encode its reply: {error}"})
 
     async def _answer(self, message: str | bytes) -> dict[str, Any]:
         received = time.perf_counter()

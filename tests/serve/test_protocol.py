@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import msgpack
 import numpy as np
 import pytest
@@ -89,3 +92,13 @@ def raw_array(dtype: str, shape: list, data: bytes) -> bytes:
 def test_malformed_messages_raise_protocol_error(message: bytes, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         unpackb(message)
+
+
+def test_the_client_imports_without_torch_or_the_model() -> None:
+    code = (
+        "import sys, dexvla.serve.client\n"
+        "heavy = [m for m in ('torch', 'transformers', 'dexvla.model') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()

@@ -43,11 +43,14 @@ class Episode:
             )
         if self.state.shape != (length, spec.state_dim):
             raise ValueError(
-                f"episode state: expected ({length}, {spec.state_dim}), got {tuple(self.state.shape)}"
+                f"episode state: expected ({length}, {spec.state_dim}), "
+                f"got {tuple(self.state.shape)}"
             )
         missing = [cam for cam in spec.cameras if cam not in self.images]
         if missing:
-            raise ValueError(f"episode images: missing camera(s) {missing}; got {sorted(self.images)}")
+            raise ValueError(
+                f"episode images: missing camera(s) {missing}; got {sorted(self.images)}"
+            )
         for cam, frames in self.images.items():
             if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
                 raise ValueError(
@@ -61,7 +64,9 @@ class Episode:
         if len(self.substeps) != length:
             raise ValueError(f"episode substeps: {len(self.substeps)} entries but {length} actions")
         if self.reward is not None and self.reward.shape != (length,):
-            raise ValueError(f"episode reward: expected ({length},), got {tuple(self.reward.shape)}")
+            raise ValueError(
+                f"episode reward: expected ({length},), got {tuple(self.reward.shape)}"
+            )
         for name, values in (("state", self.state), ("action", self.action)):
             if not np.isfinite(values).all():
                 raise ValueError(f"episode {name}: contains NaN or infinite values")

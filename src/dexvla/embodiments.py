@@ -67,6 +67,19 @@ SAWYER = register_embodiment(
         state_dim=4,
         cameras=("cam_high",),
         fps=80,
-        description="MetaWorld Sawyer: end-effector xyz delta + gripper",
+        description="MetaWorld Sawyer: end-effector xyz delta + gripper; state hand xyz + gripper",
+    )
+)
+HAND = register_embodiment(
+    Embodiment(
+        name="hand",
+        action_dim=18,
+        state_dim=18,
+        cameras=("cam_high", "cam_wrist"),
+        fps=25,
+        description=(
+            "dexterous hand on a 6-DoF wrist: wrist x/y/z/roll/pitch/yaw + 12 hand joints "
+            "(3 fingers x 3 + thumb 3), joint positions"
+        ),
     )
 )

@@ -1,0 +1,29 @@
+"""Simulated robots and tasks (ALOHA, MetaWorld Sawyer, a dexterous hand), scripted experts
+with per-frame sub-steps, and demonstration collection. See docs/simulation.md."""
+
+from dexvla.sim import tasks as _tasks  # noqa: F401  (registers the tasks)
+from dexvla.sim.registry import (
+    ScriptedExpert,
+    TaskSpec,
+    collect_episode,
+    get_task,
+    list_tasks,
+    make_env,
+    make_expert,
+    parse_image_size,
+    register_task,
+    run_expert,
+)
+
+__all__ = [
+    "ScriptedExpert",
+    "TaskSpec",
+    "collect_episode",
+    "get_task",
+    "list_tasks",
+    "make_env",
+    "make_expert",
+    "parse_image_size",
+    "register_task",
+    "run_expert",
+]

@@ -1,0 +1,575 @@
+"""Bimanual ALOHA tasks on gym-aloha's MuJoCo models, and ACT-style scripted experts.
+
+The environment steps gym-aloha's joint-space models with raw `mujoco` (its own gym wrapper
+renders three 640x480 cameras with shadows every step, ~365 ms; here three small cameras without
+shadows cost ~30 ms). Object poses are sampled with gym-aloha's own seeded samplers, so a seed
+gives the same scene as `gym_aloha` would.
+
+The scripted expert plans waypoints in end-effector space, runs them on gym-aloha's shipped
+end-effector (mocap) models with the same object poses, records the joint positions the arms
+reach and replays those as joint-position actions. Every waypoint segment carries the sub-step
+text recorded with each frame.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import ClassVar
+
+import gym_aloha
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gym_aloha.constants import (
+    PUPPET_GRIPPER_POSITION_CLOSE,
+    PUPPET_GRIPPER_POSITION_OPEN,
+    START_ARM_POSE,
+)
+from gym_aloha.utils import sample_box_pose, sample_insertion_pose
+
+from dexvla.sim.render import CameraRenderer
+
+ALOHA_ASSETS = Path(gym_aloha.__file__).parent / "assets"
+LOCAL_ASSETS = Path(__file__).parent / "assets"
+CONTROL_DT = 0.02
+ALOHA_CAMERAS = {
+    "cam_high": "top",
+    "cam_left_wrist": "left_wrist",
+    "cam_right_wrist": "right_wrist",
+}
+LEFT_FINGER = "vx300s_left/10_left_gripper_finger"
+RIGHT_FINGER = "vx300s_right/10_right_gripper_finger"
+INIT_MOCAP_LEFT = np.array([-0.31718881, 0.5, 0.29525084])
+INIT_MOCAP_RIGHT = np.array([0.31718881, 0.49999888, 0.29525084])
+IDENTITY_QUAT = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def unnormalize_gripper(value: float) -> float:
+    """Normalised gripper command (0 closed, 1 open) -> finger position in metres."""
+    span = PUPPET_GRIPPER_POSITION_OPEN - PUPPET_GRIPPER_POSITION_CLOSE
+    return value * span + PUPPET_GRIPPER_POSITION_CLOSE
+
+
+def normalize_gripper(position: float) -> float:
+    """Finger position in metres -> normalised gripper opening (0 closed, 1 open)."""
+    span = PUPPET_GRIPPER_POSITION_OPEN - PUPPET_GRIPPER_POSITION_CLOSE
+    return (position - PUPPET_GRIPPER_POSITION_CLOSE) / span
+
+
+def rotated(quat: np.ndarray, axis: tuple[float, float, float], degrees: float) -> np.ndarray:
+    """`quat` followed by a rotation of `degrees` about `axis` (in the rotated frame)."""
+    turn = np.zeros(4)
+    mujoco.mju_axisAngle2Quat(turn, np.asarray(axis, dtype=float), np.deg2rad(degrees))
+    out = np.zeros(4)
+    mujoco.mju_mulQuat(out, quat, turn)
+    return out
+
+
+@cache
+def _aloha_asset_files() -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in ALOHA_ASSETS.iterdir() if p.is_file()}
+
+
+def load_aloha_model(xml_name: str, extra_xml: str | None = None) -> mujoco.MjModel:
+    """Load one of gym-aloha's models, with an optional fragment of ours added to its world."""
+    text = (ALOHA_ASSETS / xml_name).read_text()
+    if extra_xml:
+        fragment = (LOCAL_ASSETS / extra_xml).read_text()
+        head, sep, tail = text.rpartition("</worldbody>")
+        text = head + fragment + sep + tail
+    return mujoco.MjModel.from_xml_string(text, _aloha_asset_files())
+
+
+class Contacts:
+    """The set of touching geom-name pairs of one physics state, for reward checks."""
+
+    def __init__(self, model: mujoco.MjModel, data: mujoco.MjData) -> None:
+        self.pairs: set[frozenset[str]] = set()
+        for i in range(data.ncon):
+            contact = data.contact[i]
+            self.pairs.add(
+                frozenset((model.geom(contact.geom1).name, model.geom(contact.geom2).name))
+            )
+
+    def touch(self, a: str, b: str | tuple[str, ...]) -> bool:
+        others = (b,) if isinstance(b, str) else b
+        return any(frozenset((a, other)) in self.pairs for other in others)
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+@dataclass(frozen=True)
+class Waypoint:
+    """Where one arm's gripper link should be at step `t`, and its gripper opening (0..1)."""
+
+    t: int
+    xyz: np.ndarray
+    quat: np.ndarray
+    gripper: float
+
+
+@dataclass
+class Plan:
+    """Both arms' waypoints and the sub-step text that starts at each listed step."""
+
+    left: list[Waypoint]
+    right: list[Waypoint]
+    substeps: list[tuple[int, str]]
+
+    def pose(self, arm: list[Waypoint], t: int) -> tuple[np.ndarray, np.ndarray, float]:
+        """Linear interpolation of position, quaternion and gripper between waypoints."""
+        if t <= arm[0].t:
+            first = arm[0]
+            return first.xyz, first.quat, first.gripper
+        for prev, nxt in itertools.pairwise(arm):
+            if prev.t <= t < nxt.t:
+                frac = (t - prev.t) / (nxt.t - prev.t)
+                quat = prev.quat + frac * (nxt.quat - prev.quat)
+                return (
+                    prev.xyz + frac * (nxt.xyz - prev.xyz),
+                    quat / np.linalg.norm(quat),
+                    prev.gripper + frac * (nxt.gripper - prev.gripper),
+                )
+        last = arm[-1]
+        return last.xyz, last.quat, last.gripper
+
+    def substep(self, t: int) -> str:
+        current = self.substeps[0][1]
+        for start, text in self.substeps:
+            if t >= start:
+                current = text
+        return current
+
+
+@dataclass(frozen=True)
+class AlohaScene:
+    """One ALOHA task: its models, how a seed places the objects, its reward and its plan.
+
+    `reward(model, data, layout)` returns a stage 0..max_reward; the task succeeds at
+    max_reward. `layout` holds the seeded placements (object poses under their free-joint
+    names, plus any fixed bodies such as a bin under "body:<name>").
+    """
+
+    joint_xml: str
+    ee_xml: str
+    sample_layout: Callable[[int], dict[str, np.ndarray]]
+    reward: Callable[[mujoco.MjModel, mujoco.MjData, dict[str, np.ndarray]], int]
+    plan: Callable[[dict[str, np.ndarray]], Plan]
+    max_reward: int
+    stage_names: tuple[str, ...]
+    extra_xml: str | None = None
+    plan_length: int = 400
+
+
+def apply_layout(model: mujoco.MjModel, data: mujoco.MjData, layout: dict[str, np.ndarray]) -> None:
+    """Place free-joint objects and fixed bodies where `layout` says."""
+    for key, value in layout.items():
+        if key.startswith("body:"):
+            model.body(key.removeprefix("body:")).pos[:] = value
+        else:
+            addr = model.jnt_qposadr[model.joint(key).id]
+            data.qpos[addr : addr + 7] = value
+
+
+def _reset_arms(data: mujoco.MjData) -> None:
+    data.qpos[:16] = START_ARM_POSE
+
+
+# ------------------------------------------------------------------ transfer cube
+
+
+def _transfer_layout(seed: int) -> dict[str, np.ndarray]:
+    return {"red_box_joint": sample_box_pose(seed)}
+
+
+def _transfer_reward(model: mujoco.MjModel, data: mujoco.MjData, layout: dict) -> int:
+    contacts = Contacts(model, data)
+    right = contacts.touch("red_box", RIGHT_FINGER)
+    left = contacts.touch("red_box", LEFT_FINGER)
+    table = contacts.touch("red_box", "table")
+    stage = 0
+    if right:
+        stage = 1
+    if right and not table:
+        stage = 2
+    if left:
+        stage = 3
+    if left and not table:
+        stage = 4
+    return stage
+
+
+MEET_XYZ = np.array([0.0, 0.5, 0.25])
+RIGHT_PICK_QUAT = rotated(IDENTITY_QUAT, (0, 1, 0), -60)
+LEFT_MEET_QUAT = rotated(IDENTITY_QUAT, (1, 0, 0), 90)
+
+
+def _handover_waypoints(box: np.ndarray) -> tuple[list[Waypoint], list[Waypoint]]:
+    """The shared first part of the cube tasks: the right arm picks the cube, the left takes it."""
+    up = np.array([0.0, 0.0, 0.08])
+    grasp = box + np.array([0.0, 0.0, -0.015])
+    right = [
+        Waypoint(0, INIT_MOCAP_RIGHT, IDENTITY_QUAT, 0.0),
+        Waypoint(90, box + up, RIGHT_PICK_QUAT, 1.0),
+        Waypoint(130, grasp, RIGHT_PICK_QUAT, 1.0),
+        Waypoint(170, grasp, RIGHT_PICK_QUAT, 0.0),
+        Waypoint(200, MEET_XYZ + np.array([0.05, 0, 0]), IDENTITY_QUAT, 0.0),
+        Waypoint(220, MEET_XYZ, IDENTITY_QUAT, 0.0),
+        Waypoint(300, MEET_XYZ, IDENTITY_QUAT, 0.0),
+        Waypoint(320, MEET_XYZ, IDENTITY_QUAT, 1.0),
+        Waypoint(360, MEET_XYZ + np.array([0.1, 0, 0]), IDENTITY_QUAT, 1.0),
+    ]
+    left = [
+        Waypoint(0, INIT_MOCAP_LEFT, IDENTITY_QUAT, 0.0),
+        Waypoint(100, MEET_XYZ - np.array([0.1, 0, 0]), LEFT_MEET_QUAT, 1.0),
+        Waypoint(260, MEET_XYZ - np.array([0.02, 0, 0]), LEFT_MEET_QUAT, 1.0),
+        Waypoint(290, MEET_XYZ - np.array([0.02, 0, 0]), LEFT_MEET_QUAT, 0.0),
+    ]
+    return left, right
+
+
+HANDOVER_SUBSTEPS = [
+    (0, "reach above the cube with the right arm"),
+    (90, "lower the right gripper to the cube"),
+    (130, "grasp the cube with the right gripper"),
+    (170, "lift the cube and carry it to the middle"),
+    (220, "bring the left gripper to the cube"),
+    (260, "grasp the cube with the left gripper"),
+    (290, "release the cube from the right gripper"),
+]
+
+
+def _transfer_plan(layout: dict[str, np.ndarray]) -> Plan:
+    left, right = _handover_waypoints(layout["red_box_joint"][:3])
+    left += [
+        Waypoint(360, MEET_XYZ - np.array([0.1, 0, 0]), LEFT_MEET_QUAT, 0.0),
+        Waypoint(400, MEET_XYZ - np.array([0.1, 0, 0]), LEFT_MEET_QUAT, 0.0),
+    ]
+    right.append(Waypoint(400, MEET_XYZ + np.array([0.1, 0, 0]), IDENTITY_QUAT, 1.0))
+    return Plan(left, right, [*HANDOVER_SUBSTEPS, (320, "hold the cube with the left arm")])
+
+
+TRANSFER_CUBE = AlohaScene(
+    joint_xml="bimanual_viperx_transfer_cube.xml",
+    ee_xml="bimanual_viperx_end_effector_transfer_cube.xml",
+    sample_layout=_transfer_layout,
+    reward=_transfer_reward,
+    plan=_transfer_plan,
+    max_reward=4,
+    stage_names=("none", "touched", "lifted", "transfer attempted", "transferred"),
+)
+
+
+# ---------------------------------------------------------------------- insertion
+
+SOCKET_GEOMS = ("socket-1", "socket-2", "socket-3", "socket-4")
+
+
+def _insertion_layout(seed: int) -> dict[str, np.ndarray]:
+    peg, socket = sample_insertion_pose(seed)
+    return {"red_peg_joint": peg, "blue_socket_joint": socket}
+
+
+def _insertion_reward(model: mujoco.MjModel, data: mujoco.MjData, layout: dict) -> int:
+    contacts = Contacts(model, data)
+    right = contacts.touch("red_peg", RIGHT_FINGER)
+    left = any(contacts.touch(s, LEFT_FINGER) for s in SOCKET_GEOMS)
+    peg_table = contacts.touch("red_peg", "table")
+    socket_table = any(contacts.touch(s, "table") for s in SOCKET_GEOMS)
+    peg_socket = contacts.touch("red_peg", SOCKET_GEOMS)
+    stage = 0
+    if left and right:
+        stage = 1
+    if left and right and not peg_table and not socket_table:
+        stage = 2
+    if peg_socket and not peg_table and not socket_table:
+        stage = 3
+    if contacts.touch("red_peg", "pin"):
+        stage = 4
+    return stage
+
+
+INSERT_DEPTH = 0.04
+RIGHT_LIFT = 0.00715
+
+
+def _insertion_plan(layout: dict[str, np.ndarray]) -> Plan:
+    peg = layout["red_peg_joint"][:3]
+    socket = layout["blue_socket_joint"][:3]
+    meet = np.array([0.0, 0.5, 0.15])
+    lift = np.array([0.0, 0.0, 0.08])
+    down = np.array([0.0, 0.0, -0.03])
+    right_quat = rotated(IDENTITY_QUAT, (0, 1, 0), -60)
+    left_quat = rotated(IDENTITY_QUAT, (0, 1, 0), 60)
+    right_z = np.array([0.0, 0.0, RIGHT_LIFT])
+
+    def arm(init: np.ndarray, obj: np.ndarray, quat: np.ndarray, side: float) -> list[Waypoint]:
+        offset = right_z if side > 0 else np.zeros(3)
+        return [
+            Waypoint(0, init, IDENTITY_QUAT, 0.0),
+            Waypoint(120, obj + lift, quat, 1.0),
+            Waypoint(170, obj + down, quat, 1.0),
+            Waypoint(220, obj + down, quat, 0.0),
+            Waypoint(285, meet + np.array([side * 0.1, 0, 0]) + offset, quat, 0.0),
+            Waypoint(340, meet + np.array([side * 0.05, 0, 0]) + offset, quat, 0.0),
+            Waypoint(370, meet + np.array([side * INSERT_DEPTH, 0, 0]) + offset, quat, 0.0),
+            Waypoint(400, meet + np.array([side * INSERT_DEPTH, 0, 0]) + offset, quat, 0.0),
+        ]
+
+    return Plan(
+        arm(INIT_MOCAP_LEFT, socket, left_quat, -1.0),
+        arm(INIT_MOCAP_RIGHT, peg, right_quat, 1.0),
+        [
+            (0, "reach above the socket with the left arm and the peg with the right arm"),
+            (120, "lower both grippers"),
+            (170, "grasp the socket and the peg"),
+            (220, "lift both and bring them together"),
+            (285, "insert the peg into the socket"),
+            (370, "hold the peg in the socket"),
+        ],
+    )
+
+
+INSERTION = AlohaScene(
+    joint_xml="bimanual_viperx_insertion.xml",
+    ee_xml="bimanual_viperx_end_effector_insertion.xml",
+    sample_layout=_insertion_layout,
+    reward=_insertion_reward,
+    plan=_insertion_plan,
+    max_reward=4,
+    stage_names=("none", "both touched", "both lifted", "peg touches socket", "inserted"),
+)
+
+
+# -------------------------------------------------------------------- cube to bin
+
+BIN_HALF = 0.055  # inner half-width of the bin (sim/assets/aloha_bin.xml)
+BIN_DROP_Z = 0.11
+# Left gripper pitched down, fingers side by side, so the opened cube falls straight down.
+LEFT_DROP_QUAT = rotated(IDENTITY_QUAT, (0, 1, 0), 60)
+
+
+def _bin_layout(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([seed, 7])
+    bin_xy = rng.uniform([-0.22, 0.45], [-0.14, 0.6])
+    return {"red_box_joint": sample_box_pose(seed), "body:bin": np.array([*bin_xy, 0.0])}
+
+
+def _in_bin(data: mujoco.MjData, model: mujoco.MjModel, layout: dict) -> tuple[bool, bool]:
+    """(cube over the bin's opening, cube resting inside the bin)."""
+    cube = data.body("box").xpos
+    center = layout["body:bin"]
+    over = bool(np.all(np.abs(cube[:2] - center[:2]) < BIN_HALF))
+    return over, over and cube[2] < 0.06
+
+
+def _bin_reward(model: mujoco.MjModel, data: mujoco.MjData, layout: dict) -> int:
+    stage = _transfer_reward(model, data, layout)
+    over, inside = _in_bin(data, model, layout)
+    held = Contacts(model, data).touch("red_box", (LEFT_FINGER, RIGHT_FINGER))
+    if stage == 4 and over:
+        stage = 5
+    if inside and not held:
+        stage = 6
+    return stage
+
+
+def _bin_plan(layout: dict[str, np.ndarray]) -> Plan:
+    left, right = _handover_waypoints(layout["red_box_joint"][:3])
+    drop = layout["body:bin"] + np.array([0.0, 0.0, BIN_DROP_Z])
+    hold = MEET_XYZ - np.array([0.02, 0, 0])
+    left += [
+        Waypoint(330, hold, LEFT_MEET_QUAT, 0.0),
+        Waypoint(400, drop + np.array([0, 0, 0.07]), LEFT_DROP_QUAT, 0.0),
+        Waypoint(440, drop, LEFT_DROP_QUAT, 0.0),
+        Waypoint(460, drop, LEFT_DROP_QUAT, 1.0),
+        Waypoint(500, drop + np.array([0, 0, 0.1]), LEFT_DROP_QUAT, 1.0),
+    ]
+    right += [
+        Waypoint(420, INIT_MOCAP_RIGHT, IDENTITY_QUAT, 0.0),
+        Waypoint(500, INIT_MOCAP_RIGHT, IDENTITY_QUAT, 0.0),
+    ]
+    return Plan(
+        left,
+        right,
+        [
+            *HANDOVER_SUBSTEPS,
+            (330, "carry the cube over the bin"),
+            (400, "lower the cube into the bin"),
+            (440, "release the cube into the bin"),
+            (460, "lift the left arm out of the bin"),
+        ],
+    )
+
+
+CUBE_TO_BIN = AlohaScene(
+    joint_xml="bimanual_viperx_transfer_cube.xml",
+    ee_xml="bimanual_viperx_end_effector_transfer_cube.xml",
+    sample_layout=_bin_layout,
+    reward=_bin_reward,
+    plan=_bin_plan,
+    max_reward=6,
+    stage_names=(
+        "none",
+        "touched",
+        "lifted",
+        "transfer attempted",
+        "transferred",
+        "over the bin",
+        "in the bin",
+    ),
+    extra_xml="aloha_bin.xml",
+    plan_length=500,
+)
+
+SCENES = {"transfer_cube": TRANSFER_CUBE, "insertion": INSERTION, "cube_to_bin": CUBE_TO_BIN}
+
+
+# ---------------------------------------------------------------------- the env
+
+
+class AlohaEnv(gym.Env):
+    """Joint-position-controlled ALOHA with three cameras and a staged reward.
+
+    Action (14,): per arm 6 joint targets (rad) + gripper opening (0 closed, 1 open), left arm
+    first. Observation: the three embodiment cameras and `observation.state` (14,) in the same
+    layout. `info`: `is_success`, `reward_stage` (0..max_reward) and `max_reward`.
+    """
+
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(
+        self,
+        scene: AlohaScene,
+        *,
+        instruction: str,
+        image_size: tuple[int, int] = (128, 128),
+        max_steps: int = 400,
+    ) -> None:
+        self.scene = scene
+        self.task_instruction = instruction
+        self.max_steps = max_steps
+        self.model = load_aloha_model(scene.joint_xml, scene.extra_xml)
+        self.data = mujoco.MjData(self.model)
+        self.n_substeps = round(CONTROL_DT / self.model.opt.timestep)
+        self.renderer = CameraRenderer(self.model, ALOHA_CAMERAS, image_size)
+        h, w = image_size
+        spaces = {
+            f"observation.images.{cam}": gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
+            for cam in ALOHA_CAMERAS
+        }
+        spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (14,), np.float32)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-np.pi, np.pi, (14,), np.float32)
+        self.layout: dict[str, np.ndarray] = {}
+        self.steps = 0
+
+    def _state(self) -> np.ndarray:
+        q = self.data.qpos
+        return np.concatenate(
+            [q[:6], [normalize_gripper(q[6])], q[8:14], [normalize_gripper(q[14])]]
+        ).astype(np.float32)
+
+    def _obs(self) -> dict[str, np.ndarray]:
+        obs = self.renderer.render(self.data)
+        obs["observation.state"] = self._state()
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is None:
+            seed = int(self.np_random.integers(2**31))
+        self.layout = self.scene.sample_layout(seed)
+        mujoco.mj_resetData(self.model, self.data)
+        _reset_arms(self.data)
+        self.data.ctrl[:] = START_ARM_POSE
+        apply_layout(self.model, self.data, self.layout)
+        mujoco.mj_forward(self.model, self.data)
+        self.steps = 0
+        return self._obs(), {"is_success": False, "reward_stage": 0, "seed": seed}
+
+    def step(self, action: np.ndarray):
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (14,):
+            raise ValueError(f"ALOHA action must have shape (14,), got {action.shape}")
+        left_g, right_g = unnormalize_gripper(action[6]), unnormalize_gripper(action[13])
+        self.data.ctrl[:] = np.concatenate(
+            [action[:6], [left_g, -left_g], action[7:13], [right_g, -right_g]]
+        )
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self.steps += 1
+        stage = self.scene.reward(self.model, self.data, self.layout)
+        success = stage == self.scene.max_reward
+        info = {"is_success": success, "reward_stage": stage, "max_reward": self.scene.max_reward}
+        truncated = self.steps >= self.max_steps
+        return self._obs(), float(stage), success, truncated, info
+
+    def close(self) -> None:
+        self.renderer.close()
+
+
+# ------------------------------------------------------------------- the expert
+
+
+@dataclass
+class AlohaScriptedExpert:
+    """Plans in end-effector space, records joint positions, replays them as actions."""
+
+    scene: AlohaScene
+    actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 14), np.float32))
+    substeps: list[str] = field(default_factory=list)
+    planned_stage: int = 0
+    _t: int = 0
+
+    def reset(self, env: gym.Env) -> None:
+        """Plan for the scene `env` was just reset to (its object layout)."""
+        layout = env.unwrapped.layout
+        self.actions, self.substeps, self.planned_stage = self._rollout_ee(layout)
+        self._t = 0
+
+    def _rollout_ee(self, layout: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str], int]:
+        model = _ee_model(self.scene.ee_xml, self.scene.extra_xml)
+        data = mujoco.MjData(model)
+        _reset_arms(data)
+        data.mocap_pos[0], data.mocap_quat[0] = INIT_MOCAP_LEFT, IDENTITY_QUAT
+        data.mocap_pos[1], data.mocap_quat[1] = INIT_MOCAP_RIGHT, IDENTITY_QUAT
+        closed = PUPPET_GRIPPER_POSITION_CLOSE
+        data.ctrl[:] = [closed, -closed, closed, -closed]
+        apply_layout(model, data, layout)
+        mujoco.mj_forward(model, data)
+        plan = self.scene.plan(layout)
+        n_sub = round(CONTROL_DT / model.opt.timestep)
+        actions, substeps, best = [], [], 0
+        for t in range(self.scene.plan_length):
+            lxyz, lquat, lg = plan.pose(plan.left, t)
+            rxyz, rquat, rg = plan.pose(plan.right, t)
+            data.mocap_pos[0], data.mocap_quat[0] = lxyz, lquat
+            data.mocap_pos[1], data.mocap_quat[1] = rxyz, rquat
+            left, right = unnormalize_gripper(lg), unnormalize_gripper(rg)
+            data.ctrl[:] = [left, -left, right, -right]
+            mujoco.mj_step(model, data, nstep=n_sub)
+            q = data.qpos
+            actions.append(np.concatenate([q[:6], [lg], q[8:14], [rg]]))
+            substeps.append(plan.substep(t))
+            best = max(best, self.scene.reward(model, data, layout))
+        return np.asarray(actions, dtype=np.float32), substeps, best
+
+    def act(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
+        t = min(self._t, len(self.actions) - 1)
+        self._t += 1
+        return self.actions[t].copy(), self.substeps[t]
+
+
+@cache
+def _ee_model_cached(xml: str, extra: str | None) -> mujoco.MjModel:
+    return load_aloha_model(xml, extra)
+
+
+def _ee_model(xml: str, extra: str | None) -> mujoco.MjModel:
+    """The end-effector model; cached, but copied since layouts move fixed bodies."""
+    return _ee_model_cached(xml, extra).__copy__()

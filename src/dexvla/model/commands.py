@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     for column in ("name", "kind", "parameters", "description"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["name"], row["kind"], f"{row['parameters'] / 1e6:,.1f}M", row["description"])
+        table.add_row(
+            row["name"], row["kind"], f"{row['parameters'] / 1e6:,.1f}M", row["description"]
+        )
     Console().print(table)
     return 0

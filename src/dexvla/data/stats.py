@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import torch
@@ -118,6 +118,16 @@ class DatasetStats:
                 cls.from_arrays(name, np.concatenate(state[name]), np.concatenate(action[name]))
             )
         return result
+
+    @classmethod
+    def from_source(cls, source: Any) -> DatasetStats:
+        """Statistics of a dataset reader (`LeRobotV3Dataset`, `ActHdf5Dataset`): no images read."""
+        lows = [source.lowdim(i) for i in range(source.num_episodes)]
+        return cls.from_arrays(
+            source.embodiment,
+            np.concatenate([low["state"] for low in lows]),
+            np.concatenate([low["action"] for low in lows]),
+        )
 
     @property
     def embodiments(self) -> list[str]:

@@ -1,0 +1,182 @@
+"""Training samples: one frame's observation and the action chunk that follows it.
+
+For frame t of an episode of length T, a sample holds the frame's images (float32 (3, H, W) in
+[0, 1]), its z-scored state, the min-max-normalised actions t .. t+Hc-1, and `action_is_pad`
+marking steps past the episode's end. Padded steps repeat the episode's last action
+(`pad="last"`, the default: a robot that holds its final command) or are zeros in normalised
+units (`pad="zero"`); either way the loss masks them. `collate_windows` stacks samples into the
+batch layout of docs/interfaces.md; `MixtureDataset` + `EmbodimentBatchSampler` mix datasets by
+weight with one embodiment per batch (stage 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from dexvla.data.sources import EpisodeSource
+from dexvla.data.stats import ACTION, STATE, Normalizer
+
+PAD_MODES = ("last", "zero")
+IMAGE_PREFIX = "observation.images."
+
+
+class ChunkWindows(Dataset):
+    """Every frame of `source` (or of the listed `episodes`) as a training sample."""
+
+    def __init__(
+        self,
+        source: EpisodeSource,
+        *,
+        chunk_size: int,
+        normalizer: Normalizer,
+        pad: str = "last",
+        cameras: Sequence[str] | None = None,
+        episodes: Sequence[int] | None = None,
+    ) -> None:
+        if chunk_size <= 0:
+            raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        if pad not in PAD_MODES:
+            raise ValueError(f"pad must be one of {PAD_MODES}, got {pad!r}")
+        self.source = source
+        self.embodiment = source.embodiment
+        self.chunk_size = chunk_size
+        self.normalizer = normalizer
+        self.pad = pad
+        self.cameras = tuple(cameras) if cameras is not None else tuple(source.cameras)
+        missing = [cam for cam in self.cameras if cam not in source.cameras]
+        if missing:
+            raise KeyError(f"cameras {missing} not in dataset (has {list(source.cameras)})")
+        self.episodes = np.asarray(
+            list(episodes) if episodes is not None else range(source.num_episodes), np.int64
+        )
+        lengths = np.array([source.episode_length(int(i)) for i in self.episodes], np.int64)
+        self.ends = np.cumsum(lengths)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """Sample index -> (episode index in the source, frame index)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range ({len(self)} samples)")
+        k = int(np.searchsorted(self.ends, index, side="right"))
+        start = int(self.ends[k - 1]) if k else 0
+        return int(self.episodes[k]), index - start
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        episode, t = self.locate(int(index))
+        low = self.source.lowdim(episode)
+        actions = low["action"][t : t + self.chunk_size]
+        valid = len(actions)
+        norm_actions = self.normalizer.normalize(ACTION, actions, self.embodiment)
+        if valid < self.chunk_size:
+            fill = norm_actions[-1] if self.pad == "last" else np.zeros_like(norm_actions[-1])
+            norm_actions = np.concatenate(
+                [norm_actions, np.repeat(fill[None], self.chunk_size - valid, axis=0)]
+            )
+        is_pad = np.arange(self.chunk_size) >= valid
+        sample: dict[str, Any] = {
+            IMAGE_PREFIX + cam: torch.from_numpy(
+                np.ascontiguousarray(self.source.image(episode, t, cam).transpose(2, 0, 1))
+            ).float()
+            / 255.0
+            for cam in self.cameras
+        }
+        state = self.normalizer.normalize(STATE, low["state"][t], self.embodiment)
+        sample.update(
+            {
+                STATE: torch.from_numpy(state),
+                ACTION: torch.from_numpy(np.ascontiguousarray(norm_actions, dtype=np.float32)),
+                "action_is_pad": torch.from_numpy(is_pad),
+                "task": low["task"],
+                "substep": low["substeps"][t],
+                "embodiment": self.embodiment,
+                "episode_index": episode,
+                "frame_index": t,
+            }
+        )
+        return sample
+
+
+def collate_windows(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into a batch: tensors stacked, strings as lists, indices as int64."""
+    if not samples:
+        raise ValueError("collate_windows: empty batch")
+    embodiments = {s["embodiment"] for s in samples}
+    if len(embodiments) != 1:
+        raise ValueError(f"collate_windows: one embodiment per batch, got {sorted(embodiments)}")
+    batch: dict[str, Any] = {}
+    for key, value in samples[0].items():
+        values = [s[key] for s in samples]
+        if isinstance(value, torch.Tensor):
+            batch[key] = torch.stack(values)
+        elif isinstance(value, str):
+            batch[key] = values
+        else:
+            batch[key] = torch.as_tensor(values, dtype=torch.int64)
+    return batch
+
+
+class MixtureDataset(Dataset):
+    """Several `ChunkWindows` side by side, with a weight each (for `EmbodimentBatchSampler`)."""
+
+    def __init__(self, datasets: Sequence[ChunkWindows], weights: Sequence[float]) -> None:
+        if len(datasets) != len(weights) or not datasets:
+            raise ValueError("MixtureDataset: need one weight per dataset, at least one dataset")
+        weights_array = np.asarray(weights, dtype=np.float64)
+        if (weights_array < 0).any() or weights_array.sum() <= 0:
+            raise ValueError(f"MixtureDataset: weights must be >= 0, not all 0; got {weights}")
+        empty = [i for i, d in enumerate(datasets) if len(d) == 0 and weights_array[i] > 0]
+        if empty:
+            raise ValueError(f"MixtureDataset: datasets {empty} are empty but have weight")
+        self.datasets = list(datasets)
+        self.weights = weights_array / weights_array.sum()
+        self.offsets = np.concatenate([[0], np.cumsum([len(d) for d in self.datasets])])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        k = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        sample = self.datasets[k][int(index - self.offsets[k])]
+        sample["dataset_index"] = k
+        return sample
+
+
+class EmbodimentBatchSampler(Sampler[list[int]]):
+    """Batches of indices into a `MixtureDataset`, each drawn from a single dataset.
+
+    Each batch picks dataset k with probability `weights[k]`, then `batch_size` frames of it
+    uniformly (with replacement), so every batch has one embodiment. Seeded and reproducible.
+    """
+
+    def __init__(
+        self, mixture: MixtureDataset, *, batch_size: int, num_batches: int, seed: int = 0
+    ) -> None:
+        if batch_size <= 0 or num_batches <= 0:
+            raise ValueError("batch_size and num_batches must be positive")
+        self.mixture = mixture
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
+        weights = torch.as_tensor(self.mixture.weights)
+        picks = torch.multinomial(weights, self.num_batches, replacement=True, generator=generator)
+        for k in picks.tolist():
+            size = len(self.mixture.datasets[k])
+            frames = torch.randint(size, (self.batch_size,), generator=generator)
+            yield (frames + int(self.mixture.offsets[k])).tolist()

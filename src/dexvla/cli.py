@@ -10,7 +10,11 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("dexvla.model.commands", "dexvla.serve.commands")
+COMMAND_MODULES = (
+    "dexvla.model.commands",
+    "dexvla.serve.commands",
+    "dexvla.data.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -376,3 +377,22 @@ class ActHdf5Dataset:
         state = dict(self.__dict__)
         state["_handles"], state["_pid"] = {}, -1
         return state
+
+
+def write_substeps(path: Path, substeps: list[str]) -> None:
+    """Replace `/substep_reasonings` of one HDF5 episode: edit a copy, then rename over."""
+    path = Path(path)
+    with h5py.File(path, "r") as h5:
+        length = int(h5["action"].shape[0])
+    if len(substeps) != length:
+        raise ValueError(f"{path}: {length} frames, got {len(substeps)} sub-steps")
+    temp = path.with_name(f".{path.name}{TMP_SUFFIX}")
+    try:
+        shutil.copyfile(path, temp)
+        with h5py.File(temp, "r+") as h5:
+            if "substep_reasonings" in h5:
+                del h5["substep_reasonings"]
+            h5.create_dataset("substep_reasonings", data=np.array([s.encode() for s in substeps]))
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

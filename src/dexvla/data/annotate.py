@@ -23,6 +23,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -232,3 +234,65 @@ def agreement(predicted: Sequence[str], truth: Sequence[str]) -> float:
     if len(predicted) != len(truth) or not truth:
         raise ValueError(f"agreement: {len(predicted)} predicted vs {len(truth)} true labels")
     return float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+
+
+def annotate_dataset(
+    path: Path, *, overwrite: bool = False, evaluate: bool = False
+) -> dict[str, Any]:
+    """Label every episode of a LeRobot v3 or ACT HDF5 directory.
+
+    Episodes that already carry sub-steps are left alone unless `overwrite`. With `evaluate`,
+    nothing is written: the labels are compared with the episodes' existing sub-steps
+    (frame-level exact-match agreement, per episode and mean).
+    """
+    from dexvla.data import act_hdf5, lerobot_v3
+    from dexvla.data.sources import open_dataset
+
+    dataset = open_dataset(path)
+    labels: dict[int, list[str]] = {}
+    scores: list[float] = []
+    skipped = 0
+    for i in range(dataset.num_episodes):
+        low = dataset.lowdim(i)
+        has_labels = any(low["substeps"])
+        predicted = annotate_episode(dataset.embodiment, low["action"], low["task"])
+        if evaluate:
+            if has_labels:
+                scores.append(agreement(predicted, low["substeps"]))
+        elif has_labels and not overwrite:
+            skipped += 1
+        else:
+            labels[i] = predicted
+    if isinstance(dataset, act_hdf5.ActHdf5Dataset):
+        for i, substeps in labels.items():
+            act_hdf5.write_substeps(dataset.paths[i], substeps)
+    elif labels:
+        lerobot_v3.write_substeps(Path(path), labels)
+    result: dict[str, Any] = {
+        "episodes": dataset.num_episodes,
+        "annotated": len(labels),
+        "skipped": skipped,
+    }
+    if evaluate:
+        result["agreement_per_episode"] = scores
+        result["agreement"] = float(np.mean(scores)) if scores else None
+    return result
+
+
+def evaluate_on_sim(task_name: str, seeds: Sequence[int], *, image_size: int = 16) -> dict:
+    """Collect scripted demonstrations with `dexvla.sim` and score the annotator against the
+    expert's ground-truth sub-steps (frame-level exact match)."""
+    from dexvla.sim import collect_episode
+
+    scores = []
+    for seed in seeds:
+        episode = collect_episode(task_name, seed, image_size=image_size)
+        predicted = annotate_episode(episode.embodiment, episode.action, episode.task)
+        scores.append(agreement(predicted, episode.substeps))
+    return {
+        "task": task_name,
+        "seeds": list(seeds),
+        "agreement_per_episode": scores,
+        "agreement": float(np.mean(scores)),
+        "min": float(np.min(scores)),
+    }

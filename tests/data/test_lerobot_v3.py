@@ -1,0 +1,258 @@
+"""LeRobot v3 writer and reader: round trip, resume, crash safety, schema, foreign layouts."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dexvla.data import lerobot_v3
+from dexvla.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer, read_tasks
+
+
+def assert_same_episode(a, b, *, exact_images: bool = True) -> None:
+    assert a.embodiment == b.embodiment and a.task == b.task
+    assert a.substeps == b.substeps
+    np.testing.assert_array_equal(a.state, b.state)
+    np.testing.assert_array_equal(a.action, b.action)
+    assert sorted(a.images) == sorted(b.images)
+    for cam in a.images:
+        if exact_images:
+            np.testing.assert_array_equal(a.images[cam], b.images[cam])
+        else:
+            assert np.abs(a.images[cam].astype(int) - b.images[cam]).mean() < 40
+    assert (a.seed, a.success, a.task_name, a.info) == (b.seed, b.success, b.task_name, b.info)
+
+
+def test_round_trip(tmp_path, make_episode):
+    episodes = [make_episode(s, length=9 + s) for s in range(3)]
+    episodes[2].task = "another task"
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        assert [writer.add_episode(e) for e in episodes] == [0, 1, 2]
+    data = LeRobotV3Dataset(tmp_path)
+    assert (data.num_episodes, data.num_frames, data.fps) == (3, 9 + 10 + 11, 50)
+    assert data.embodiment == "aloha"
+    assert data.cameras == ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    for i, episode in enumerate(episodes):
+        loaded = data.episode(i)
+        assert_same_episode(loaded, episode)
+        np.testing.assert_array_equal(loaded.reward, episode.reward)
+    np.testing.assert_array_equal(data.image(1, 7, "cam_left_wrist"), episodes[1].images[
+        "cam_left_wrist"][7])  # fmt: skip
+    assert data.lowdim(2)["task"] == "another task"
+
+
+def test_v3_schema(tmp_path, make_episode):
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(make_episode(0))
+        writer.add_episode(make_episode(1))
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert info["codebase_version"] == "v3.0"
+    assert info["robot_type"] == "aloha" and info["fps"] == 50
+    assert (info["total_episodes"], info["total_frames"], info["total_tasks"]) == (2, 24, 1)
+    assert info["data_path"] == "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+    assert info["splits"] == {"train": "0:2"}
+    features = info["features"]
+    assert features["observation.state"]["shape"] == [14]
+    assert features["observation.images.cam_high"]["dtype"] == "image"
+    assert features["observation.images.cam_high"]["shape"] == [8, 10, 3]
+    assert features["substep"]["dtype"] == "string"
+    for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
+        assert key in features
+    data = pq.read_table(tmp_path / "data/chunk-000/file-001.parquet")
+    assert set(features) <= set(data.column_names)
+    assert data.column("index").to_pylist() == list(range(12, 24))
+    np.testing.assert_allclose(data.column("timestamp").to_numpy()[:3], [0, 0.02, 0.04])
+    episodes = pq.read_table(tmp_path / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    for column in ("episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
+                   "dataset_from_index", "dataset_to_index", "meta/episodes/chunk_index",
+                   "meta/episodes/file_index", "stats/action/mean"):  # fmt: skip
+        assert column in episodes[1]
+    assert episodes[1]["dataset_from_index"] == 12 and episodes[1]["tasks"] == ["pick up the cube"]
+    tasks = pq.read_table(tmp_path / "meta/tasks.parquet")
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    stats = json.loads((tmp_path / "meta/stats.json").read_text())
+    assert stats["action"]["count"] == [24]
+    assert np.array(stats["observation.images.cam_high"]["mean"]).shape == (3, 1, 1)
+
+
+def test_resume_appends_and_reports_seeds(tmp_path, make_episode):
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(make_episode(4))
+    writer = LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50)
+    assert writer.num_episodes == 1 and writer.completed_seeds() == {4}
+    assert writer.add_episode(make_episode(7)) == 1
+    writer.close()
+    data = LeRobotV3Dataset(tmp_path)
+    assert data.num_episodes == 2 and data.episode(1).seed == 7
+    assert json.loads((tmp_path / "meta/info.json").read_text())["total_frames"] == 24
+    with pytest.raises(ValueError, match="embodiment"):
+        LeRobotV3Writer(tmp_path, embodiment="sawyer", fps=50)
+    with pytest.raises(ValueError, match="fps"):
+        LeRobotV3Writer(tmp_path, embodiment="aloha", fps=10)
+
+
+@pytest.mark.parametrize("fail_on", ["data", "episodes"])
+def test_crash_mid_episode_keeps_earlier_episodes(tmp_path, make_episode, monkeypatch, fail_on):
+    first = make_episode(0)
+    writer = LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50)
+    writer.add_episode(first)
+    real_write = lerobot_v3.atomic_write_parquet
+
+    def failing(path, table, **kwargs):
+        if path.parts[-3] == fail_on:
+            real_write(path.with_name(f".{path.name}.crash.tmp"), table, **kwargs)
+            raise OSError("disk full")
+        real_write(path, table, **kwargs)
+
+    monkeypatch.setattr(lerobot_v3, "atomic_write_parquet", failing)
+    with pytest.raises(OSError, match="disk full"):
+        writer.add_episode(make_episode(1))
+    assert writer.num_episodes == 1
+    monkeypatch.setattr(lerobot_v3, "atomic_write_parquet", real_write)
+    data = LeRobotV3Dataset(tmp_path)
+    assert data.num_episodes == 1
+    assert_same_episode(data.episode(0), first)
+    resumed = LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50)
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert sorted(p.name for p in (tmp_path / "data").rglob("*.parquet")) == ["file-000.parquet"]
+    assert resumed.add_episode(make_episode(2)) == 1
+    assert LeRobotV3Dataset(tmp_path).episode(1).seed == 2
+
+
+def test_bad_episode_is_rejected_and_nothing_written(tmp_path, make_episode):
+    writer = LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50)
+    writer.add_episode(make_episode(0))
+    bad = make_episode(1)
+    bad.state = bad.state[:-1]
+    with pytest.raises(ValueError, match="state"):
+        writer.add_episode(bad)
+    other_size = make_episode(2, image_hw=(6, 6))
+    with pytest.raises(ValueError, match=r"observation\.images\.cam_high"):
+        writer.add_episode(other_size)
+    missing_cam = make_episode(3)
+    del missing_cam.images["cam_left_wrist"]
+    with pytest.raises(ValueError, match="cam_left_wrist"):
+        writer.add_episode(missing_cam)
+    wrong = make_episode(4, embodiment="sawyer")
+    with pytest.raises(ValueError, match="sawyer"):
+        writer.add_episode(wrong)
+    with pytest.raises(KeyError, match="unknown embodiment"):
+        LeRobotV3Writer(tmp_path / "new", embodiment="robot-x", fps=50)
+    assert LeRobotV3Dataset(tmp_path).num_episodes == 1
+    assert len(list((tmp_path / "data").rglob("*.parquet"))) == 1
+
+
+def test_jpeg_images(tmp_path, make_episode):
+    episode = make_episode(0, image_hw=(16, 16))
+    episode.images = {k: np.full_like(v, 90) for k, v in episode.images.items()}
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50, image_format="jpeg") as writer:
+        writer.add_episode(episode)
+    assert_same_episode(LeRobotV3Dataset(tmp_path).episode(0), episode, exact_images=False)
+
+
+def test_reader_errors_name_the_file(tmp_path, make_episode):
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(make_episode(0))
+    data_file = tmp_path / "data/chunk-000/file-000.parquet"
+    data_file.write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match=r"file-000\.parquet"):
+        LeRobotV3Dataset(tmp_path).episode(0)
+    data_file.unlink()
+    with pytest.raises(FileNotFoundError, match=r"file-000\.parquet"):
+        LeRobotV3Dataset(tmp_path).lowdim(0)
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    info["dexvla"]["embodiment"] = "robot-x"
+    info["robot_type"] = "robot-x"
+    (tmp_path / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(KeyError, match=r"info\.json.*robot-x"):
+        LeRobotV3Dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a LeRobot dataset"):
+        LeRobotV3Dataset(tmp_path / "nothing")
+
+
+def _foreign_dataset(root, episodes, fps=50):
+    """A dataset laid out the way LeRobot writes it: several episodes in one data file,
+    variable-length list columns, pandas-indexed tasks, the top camera as mp4 video."""
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    (root / "data/chunk-000").mkdir(parents=True)
+    (root / "videos/observation.images.top/chunk-000").mkdir(parents=True)
+    frames, rows, start, video = [], [], 0, []
+    for e, episode in enumerate(episodes):
+        length = len(episode)
+        for t in range(length):
+            frames.append({
+                "observation.state": episode.state[t].tolist(),
+                "action": episode.action[t].tolist(),
+                "timestamp": t / fps, "frame_index": t, "episode_index": e,
+                "index": start + t, "task_index": 0,
+            })  # fmt: skip
+        video.append(episode.images["cam_high"])
+        rows.append({
+            "episode_index": e, "tasks": [episode.task], "length": length,
+            "data/chunk_index": 0, "data/file_index": 0,
+            "dataset_from_index": start, "dataset_to_index": start + length,
+            "videos/observation.images.top/chunk_index": 0,
+            "videos/observation.images.top/file_index": 0,
+            "videos/observation.images.top/from_timestamp": start / fps,
+            "videos/observation.images.top/to_timestamp": (start + length) / fps,
+            "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0,
+        })  # fmt: skip
+        start += length
+    pq.write_table(pa.Table.from_pylist(frames), root / "data/chunk-000/file-000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), root / "meta/episodes/chunk-000/file-000.parquet")
+    pq.write_table(
+        pa.table({"task_index": [0], "__index_level_0__": [episodes[0].task]}),
+        root / "meta/tasks.parquet",
+    )
+    iio.imwrite(
+        root / "videos/observation.images.top/chunk-000/file-000.mp4",
+        np.concatenate(video),
+        fps=fps,
+        codec="libx264",
+        quality=10,
+        macro_block_size=1,
+    )
+    h, w = episodes[0].images["cam_high"].shape[1:3]
+    info = {
+        "codebase_version": "v3.0", "robot_type": "aloha", "fps": fps,
+        "total_episodes": len(episodes), "total_frames": start, "total_tasks": 1,
+        "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,
+        "splits": {"train": f"0:{len(episodes)}"},
+        "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+        "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+        "features": {
+            "observation.state": {"dtype": "float32", "shape": [14], "names": None},
+            "action": {"dtype": "float32", "shape": [14], "names": None},
+            "observation.images.top": {
+                "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
+            },
+            "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+            "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+            "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+            "index": {"dtype": "int64", "shape": [1], "names": None},
+            "task_index": {"dtype": "int64", "shape": [1], "names": None},
+        },
+    }  # fmt: skip
+    (root / "meta/info.json").write_text(json.dumps(info))
+
+
+def test_reads_lerobot_written_layout(tmp_path, make_episode):
+    episodes = [make_episode(s, length=10, image_hw=(16, 16)) for s in range(2)]
+    for e in episodes:
+        e.images["cam_high"] = np.full_like(e.images["cam_high"], 60 + 100 * (e.seed or 0))
+    _foreign_dataset(tmp_path, episodes)
+    data = LeRobotV3Dataset(tmp_path, camera_map={"top": "cam_high"})
+    assert (data.num_episodes, data.num_frames, data.cameras) == (2, 20, ("cam_high",))
+    low = data.lowdim(1)
+    np.testing.assert_allclose(low["state"], episodes[1].state, rtol=1e-6)
+    np.testing.assert_allclose(low["action"], episodes[1].action, rtol=1e-6)
+    assert low["task"] == "pick up the cube" and low["substeps"] == [""] * 10
+    frame = data.image(1, 3, "cam_high")
+    assert frame.shape == (16, 16, 3) and abs(float(frame.mean()) - 160) < 8
+    assert abs(float(data.images(0, "cam_high").mean()) - 60) < 8
+    assert read_tasks(tmp_path / "meta/tasks.parquet") == {0: "pick up the cube"}

@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = (
     "dexvla.model.commands",
     "dexvla.serve.commands",
+    "dexvla.sim.commands",
     "dexvla.data.commands",
 )
 

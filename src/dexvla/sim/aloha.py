@@ -450,6 +450,7 @@ class AlohaEnv(gym.Env):
         instruction: str,
         image_size: tuple[int, int] = (128, 128),
         max_steps: int = 400,
+        render: bool = True,
     ) -> None:
         self.scene = scene
         self.task_instruction = instruction
@@ -457,11 +458,11 @@ class AlohaEnv(gym.Env):
         self.model = load_aloha_model(scene.joint_xml, scene.extra_xml)
         self.data = mujoco.MjData(self.model)
         self.n_substeps = round(CONTROL_DT / self.model.opt.timestep)
-        self.renderer = CameraRenderer(self.model, ALOHA_CAMERAS, image_size)
+        self.renderer = CameraRenderer(self.model, ALOHA_CAMERAS, image_size) if render else None
         h, w = image_size
         spaces = {
             f"observation.images.{cam}": gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
-            for cam in ALOHA_CAMERAS
+            for cam in (ALOHA_CAMERAS if render else ())
         }
         spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (14,), np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
@@ -476,7 +477,7 @@ class AlohaEnv(gym.Env):
         ).astype(np.float32)
 
     def _obs(self) -> dict[str, np.ndarray]:
-        obs = self.renderer.render(self.data)
+        obs = self.renderer.render(self.data) if self.renderer else {}
         obs["observation.state"] = self._state()
         return obs
 
@@ -510,7 +511,8 @@ class AlohaEnv(gym.Env):
         return self._obs(), float(stage), success, truncated, info
 
     def close(self) -> None:
-        self.renderer.close()
+        if self.renderer:
+            self.renderer.close()
 
 
 # ------------------------------------------------------------------- the expert

@@ -53,13 +53,14 @@ class HandEnv(gym.Env):
         instruction: str,
         image_size: tuple[int, int] = (128, 128),
         max_steps: int = 250,
+        render: bool = True,
     ) -> None:
         self.task_instruction = instruction
         self.max_steps = max_steps
         self.model = mujoco.MjModel.from_xml_path(str(HAND_XML))
         self.data = mujoco.MjData(self.model)
         self.n_substeps = round(CONTROL_DT / self.model.opt.timestep)
-        self.renderer = CameraRenderer(self.model, HAND_CAMERAS, image_size)
+        self.renderer = CameraRenderer(self.model, HAND_CAMERAS, image_size) if render else None
         self._object_geom = self.model.geom("object").id
         self._table_geom = self.model.geom("table").id
         self._object_qpos = self.model.jnt_qposadr[self.model.joint("object_joint").id]
@@ -72,7 +73,7 @@ class HandEnv(gym.Env):
         h, w = image_size
         spaces = {
             f"observation.images.{cam}": gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
-            for cam in HAND_CAMERAS
+            for cam in (HAND_CAMERAS if render else ())
         }
         spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
         self.observation_space = gym.spaces.Dict(spaces)
@@ -101,7 +102,7 @@ class HandEnv(gym.Env):
         return self.data.qpos[self._object_qpos : self._object_qpos + 3].copy()
 
     def _obs(self) -> dict[str, np.ndarray]:
-        obs = self.renderer.render(self.data)
+        obs = self.renderer.render(self.data) if self.renderer else {}
         obs["observation.state"] = self.data.qpos[self._joint_qpos].astype(np.float32)
         return obs
 
@@ -156,7 +157,8 @@ class HandEnv(gym.Env):
         return self._obs(), float(stage), success, self.steps >= self.max_steps, info
 
     def close(self) -> None:
-        self.renderer.close()
+        if self.renderer:
+            self.renderer.close()
 
 
 OPEN_HAND = np.zeros(HAND_DOF)

@@ -8,7 +8,7 @@ seeded demonstration as an `Episode` with a sub-step text per frame.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -117,13 +117,20 @@ def parse_image_size(size: ImageSize | str) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
-def make_env(task_name: str, *, image_size: ImageSize = 128, seed: int | None = None) -> gym.Env:
-    """Build a task's environment; with `seed`, unseeded resets draw deterministic seeds."""
+def make_env(
+    task_name: str, *, image_size: ImageSize = 128, seed: int | None = None, render: bool = True
+) -> gym.Env:
+    """Build a task's environment; with `seed`, unseeded resets draw deterministic seeds.
+
+    `render=False` leaves the cameras out of the observation (state only), for fast checks of
+    the scripted experts.
+    """
     spec = get_task(task_name)
     env = spec.env_factory(
         instruction=spec.instruction,
         image_size=parse_image_size(image_size),
         max_steps=spec.max_steps,
+        render=render,
     )
     if seed is not None:
         env.reset(seed=seed)
@@ -189,3 +196,25 @@ def collect_episode(task_name: str, seed: int, image_size: ImageSize = 128) -> E
     finally:
         env.close()
     return episode
+
+
+def expert_succeeds(task_name: str, seeds: Iterable[int]) -> dict[int, bool]:
+    """Run the scripted expert without rendering; map each seed to whether the task succeeded."""
+    spec = get_task(task_name)
+    env = make_env(task_name, render=False)
+    expert = make_expert(task_name)
+    results = {}
+    try:
+        for seed in seeds:
+            obs, _ = env.reset(seed=seed)
+            expert.reset(env)
+            success = False
+            for _ in range(spec.max_steps):
+                obs, _, terminated, truncated, info = env.step(expert.act(obs)[0])
+                success = bool(info["is_success"])
+                if terminated or truncated:
+                    break
+            results[seed] = success
+    finally:
+        env.close()
+    return results

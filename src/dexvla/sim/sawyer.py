@@ -56,6 +56,7 @@ class SawyerEnv(gym.Env):
         instruction: str,
         image_size: tuple[int, int] = (128, 128),
         max_steps: int = 200,
+        render: bool = True,
     ) -> None:
         key = f"{mw_name}-v3-goal-observable"
         if key not in ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE:
@@ -80,7 +81,7 @@ class SawyerEnv(gym.Env):
         self.steps = 0
 
     def _obs(self) -> dict[str, np.ndarray]:
-        obs = self.renderer.render(self.mw_env.data)
+        obs = self.renderer.render(self.mw_env.data) if self.renderer else {}
         obs["observation.state"] = self.mw_obs[:4].astype(np.float32)
         return obs
 
@@ -110,7 +111,8 @@ class SawyerEnv(gym.Env):
         return self._obs(), float(reward), success, self.steps >= self.max_steps, info
 
     def close(self) -> None:
-        self.renderer.close()
+        if self.renderer:
+            self.renderer.close()
         self.mw_env.close()
 
 

@@ -1,0 +1,431 @@
+"""Resumable, atomic, pickle-free training checkpoints.
+
+A checkpoint is a directory `step-XXXXXX/` under the run's checkpoint root:
+
+| file | content |
+|---|---|
+| `model.safetensors` | the full model state (trainable and frozen), tied tensors stored once |
+| `ema.safetensors` | the EMA of the trainable weights (when EMA is on) |
+| `optimizer.safetensors` + `optimizer.json` | optimiser state tensors + the rest (param groups) |
+| `rng.safetensors` | each rank's torch (and CUDA) generator state |
+| `trainer_state.json` | step, data position, scheduler state, python/numpy RNG states |
+| `config.json` | the `TrainConfig` |
+| `manifest.json` | written last: every file's size; a directory without it is incomplete |
+
+Rank 0 writes everything into `ckpt-XXXXXX.tmp-<pid>/`, fsyncs each file, writes the manifest,
+then renames the directory into place (`os.replace`), so a crash at any moment leaves either the
+previous checkpoints or a complete new one. Nothing is ever unpickled when loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
+
+from dexvla.train.config import ConfigMismatchError, TrainConfig
+from dexvla.train.distributed import DistInfo, all_gather_objects, barrier
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+OPTIM_TENSORS_FILE = "optimizer.safetensors"
+OPTIM_JSON_FILE = "optimizer.json"
+RNG_FILE = "rng.safetensors"
+STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "config.json"
+MANIFEST_FILE = "manifest.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_TMP_DIR = re.compile(r"^ckpt-\d+\.tmp-\d+$")
+_TENSOR_REF = "__tensor__"
+
+
+def checkpoint_dir(root: str | Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives under `root`."""
+    return Path(root) / f"step-{step:06d}"
+
+
+# ---------------------------------------------------------------- files
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Write tensors to safetensors, storing tensors that are the same view only once.
+
+    Tied weights (e.g. input embeddings and LM head) appear under several names in a state
+    dict; one copy is stored and the other names are recorded in the `aliases` metadata.
+    Partially overlapping views are copied apart.
+    """
+    unique: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    views: dict[tuple[Any, ...], str] = {}
+    storages: set[int] = set()
+    for name, tensor in tensors.items():
+        t = tensor.detach()
+        if t.numel() == 0:
+            unique[name] = t.contiguous()
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        view = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        if view in views:
+            aliases[name] = views[view]
+            continue
+        views[view] = name
+        unique[name] = t.contiguous().clone() if ptr in storages else t.contiguous()
+        storages.add(ptr)
+    meta = {"format": "pt", **(metadata or {})}
+    if aliases:
+        meta["aliases"] = json.dumps(aliases, sort_keys=True)
+    save_file(unique, str(path), metadata=meta)
+    _fsync_file(Path(path))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a `save_tensors` file, restoring aliased names."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    tensors = load_file(str(path))
+    for alias, target in json.loads(meta.get("aliases", "{}")).items():
+        tensors[alias] = tensors[target]
+    return tensors
+
+
+# ---------------------------------------------------------------- state conversion
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an FQN-keyed optimiser state dict into tensors and a JSON skeleton."""
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton: dict[str, Any] = {}
+    for fqn, entry in state.get("state", {}).items():
+        out: dict[str, Any] = {}
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                ref = f"{fqn}::{key}"
+                tensors[ref] = value.detach().cpu().contiguous()
+                out[key] = {_TENSOR_REF: ref}
+            else:
+                out[key] = value
+        skeleton[fqn] = out
+    groups = [
+        {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
+        for g in state.get("param_groups", [])
+    ]
+    return tensors, {"state": skeleton, "param_groups": groups}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> dict[str, Any]:
+    state = {
+        fqn: {
+            k: tensors[v[_TENSOR_REF]] if isinstance(v, dict) and _TENSOR_REF in v else v
+            for k, v in entry.items()
+        }
+        for fqn, entry in data["state"].items()
+    }
+    groups = [
+        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+        for g in data["param_groups"]
+    ]
+    return {"state": state, "param_groups": groups}
+
+
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's python, numpy, torch (and CUDA) generator states."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    out: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), *(v for v in np_state[2:])],
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Inverse of `capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---------------------------------------------------------------- save
+
+
+def save_checkpoint(
+    root: str | Path,
+    step: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    trainer_state: dict[str, Any],
+    info: DistInfo,
+    device: torch.device,
+    ema_state: dict[str, torch.Tensor] | None = None,
+    keep_last: int = 0,
+    on_save: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the checkpoint of `step` atomically; every rank must call this (collectives).
+
+    `model` may be plain, DDP- or FSDP-wrapped: full state dicts are gathered to rank 0, which
+    alone writes. `trainer_state` is JSON-able (step, data position, ...); `ema_state` must
+    already be full tensors. `on_save(tmp_dir)` lets the caller add files (e.g. normalisation
+    statistics) before the manifest seals the directory. Returns the final directory.
+    """
+    model_sd, optim_sd = get_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    rng_states = all_gather_objects(capture_rng_state(device))
+    root = Path(root)
+    final = checkpoint_dir(root, step)
+    if info.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f"ckpt-{step:06d}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        save_tensors(model_sd, tmp / MODEL_FILE)
+        if ema_state is not None:
+            save_tensors(ema_state, tmp / EMA_FILE)
+        optim_tensors, optim_json = _flatten_optimizer(optim_sd)
+        save_tensors(optim_tensors, tmp / OPTIM_TENSORS_FILE)
+        _write_json(tmp / OPTIM_JSON_FILE, optim_json)
+        rng_tensors = {
+            f"rank{r}.{k}": v
+            for r, s in enumerate(rng_states)
+            for k, v in s.items()
+            if k in ("torch", "cuda")
+        }
+        save_tensors(rng_tensors, tmp / RNG_FILE)
+        state = {
+            **trainer_state,
+            "step": step,
+            "world_size": info.world_size,
+            "scheduler": scheduler.state_dict(),
+            "rng": [{"python": s["python"], "numpy": s["numpy"]} for s in rng_states],
+        }
+        _write_json(tmp / STATE_FILE, state)
+        _write_json(tmp / CONFIG_FILE, config.to_dict())
+        if on_save is not None:
+            on_save(tmp)
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        _write_json(tmp / MANIFEST_FILE, {"format": FORMAT_VERSION, "step": step, "files": files})
+        _fsync_dir(tmp)
+        if final.exists():
+            old = root / f"{final.name}.old-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+        if keep_last > 0:
+            prune_checkpoints(root, keep_last)
+    barrier()
+    return final
+
+
+def prune_checkpoints(root: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints; returns what was removed."""
+    complete = list_checkpoints(root)
+    doomed = complete[:-keep_last] if keep_last > 0 else []
+    for path in doomed:
+        shutil.rmtree(path)
+    return doomed
+
+
+def remove_stale_tmp(root: str | Path) -> None:
+    """Delete half-written checkpoint directories left by a crashed writer."""
+    root = Path(root)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.is_dir() and _TMP_DIR.match(path.name):
+                log.warning("removing incomplete checkpoint %s", path)
+                shutil.rmtree(path)
+
+
+# ---------------------------------------------------------------- find and validate
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why `path` is not a complete checkpoint (None when it is)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        return "no manifest (the write did not finish)"
+    except (OSError, json.JSONDecodeError) as err:
+        return f"unreadable manifest: {err}"
+    if manifest.get("format") != FORMAT_VERSION:
+        return f"unknown format {manifest.get('format')!r}"
+    for name, size in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"missing {name}"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes, manifest says {size}"
+    return None
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first; incomplete ones are skipped with a
+    warning."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if p.is_dir() and (m := _STEP_DIR.match(p.name))
+    )
+    good = []
+    for _, path in found:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            good.append(path)
+        else:
+            log.warning("ignoring incomplete checkpoint %s: %s", path, problem)
+    return good
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest complete checkpoint under `root`, or None."""
+    complete = list_checkpoints(root)
+    return complete[-1] if complete else None
+
+
+# ---------------------------------------------------------------- load
+
+
+def read_checkpoint_config(path: str | Path) -> TrainConfig:
+    """The `TrainConfig` a checkpoint was written with."""
+    return TrainConfig.from_json(Path(path) / CONFIG_FILE)
+
+
+def check_resume_config(path: str | Path, config: TrainConfig) -> None:
+    """Raise `ConfigMismatchError` when `config` cannot continue the run saved at `path`."""
+    problems = config.resume_mismatches(read_checkpoint_config(path))
+    if problems:
+        raise ConfigMismatchError(
+            f"cannot resume from {path}: the training config differs in "
+            + "; ".join(problems)
+            + ". Start a new output directory or use the checkpoint's settings."
+        )
+
+
+def load_model_weights(model: nn.Module, path: str | Path, ema: bool = False) -> None:
+    """Load a checkpoint's model (or EMA) weights into a plain module, strictly.
+
+    `path` is a checkpoint directory or a `.safetensors` file. With `ema=True` the EMA
+    weights replace the trainable parameters after the full model state is loaded. Missing or
+    unexpected keys raise.
+    """
+    path = Path(path)
+    file = path if path.is_file() else path / MODEL_FILE
+    model.load_state_dict(load_tensors(file), strict=True)
+    if ema:
+        ema_file = path.parent / EMA_FILE if path.is_file() else path / EMA_FILE
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in load_tensors(ema_file).items():
+                params[name].copy_(value)
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    info: DistInfo,
+    device: torch.device,
+) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Restore model, optimiser, scheduler and this rank's RNG states from `path`.
+
+    Every rank reads the files (the checkpoint root must be visible to all of them). Returns
+    the trainer state (step, data position, ...) and the EMA tensors (None without EMA). RNG
+    states are restored only when the world size is unchanged; otherwise a warning says so.
+    """
+    path = Path(path)
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is not a complete checkpoint: {problem}")
+    model_sd = load_tensors(path / MODEL_FILE)
+    optim_sd = _unflatten_optimizer(
+        load_tensors(path / OPTIM_TENSORS_FILE), json.loads((path / OPTIM_JSON_FILE).read_text())
+    )
+    set_state_dict(
+        model,
+        optimizer,
+        model_state_dict=model_sd,
+        optim_state_dict=optim_sd,
+        options=StateDictOptions(full_state_dict=True, strict=True),
+    )
+    state = json.loads((path / STATE_FILE).read_text())
+    scheduler.load_state_dict(state.pop("scheduler"))
+    rng = state.pop("rng")
+    if state["world_size"] == info.world_size:
+        tensors = load_tensors(path / RNG_FILE)
+        rank_state = dict(rng[info.rank])
+        for key in ("torch", "cuda"):
+            if f"rank{info.rank}.{key}" in tensors:
+                rank_state[key] = tensors[f"rank{info.rank}.{key}"]
+        restore_rng_state(rank_state, device)
+    else:
+        log.warning(
+            "checkpoint written by %d processes, resuming on %d: random generators are reseeded, "
+            "so randomness inside the model will differ from an uninterrupted run",
+            state["world_size"],
+            info.world_size,
+        )
+    ema_path = path / EMA_FILE
+    ema_state = load_tensors(ema_path) if ema_path.exists() else None
+    return state, ema_state

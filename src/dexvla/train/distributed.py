@@ -1,0 +1,228 @@
+"""Multi-process training on plain `torch.distributed`: process group, wrapping, data sharding.
+
+Why not `accelerate`: the engine needs three things it would hide — full (unsharded) state
+dicts gathered for safetensors checkpoints (`torch.distributed.checkpoint.state_dict` does this
+for plain, DDP and FSDP2 modules alike), a sampler whose position is part of the checkpoint, and
+a CPU/gloo path tested here. Launch with `torchrun`; the env vars it sets (RANK, WORLD_SIZE,
+LOCAL_RANK, MASTER_ADDR, MASTER_PORT) are all this module reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Sampler
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """`"auto"`: this process's CUDA device when there is one, else the CPU."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def init_distributed(device_spec: str = "auto") -> tuple[DistInfo, torch.device, bool]:
+    """Join the process group `torchrun` describes (gloo on CPU, nccl on CUDA).
+
+    Returns the rank info, this process's device, and whether this call created the group (and
+    so should destroy it). A single process (no WORLD_SIZE, or 1) gets no group at all.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_spec, local_rank)
+    if world_size <= 1:
+        return DistInfo(), device, False
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    created = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        created = True
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank), device, created
+
+
+def barrier() -> None:
+    """Wait for every process; a no-op when not distributed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every process's `obj`, in rank order (a one-element list when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def mean_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Average each metric over the processes that report it (for logging only)."""
+    gathered = all_gather_objects(metrics)
+    keys = sorted({k for m in gathered for k in m})
+    return {k: float(np.mean([m[k] for m in gathered if k in m])) for k in keys}
+
+
+def broadcast_module(module: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every process (FSDP shards each rank's copy)."""
+    if dist.is_available() and dist.is_initialized():
+        with torch.no_grad():
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)
+
+
+def wrap_model(
+    model: nn.Module,
+    strategy: str,
+    device: torch.device,
+    info: DistInfo,
+    find_unused_parameters: bool = True,
+) -> nn.Module:
+    """Wrap for data-parallel training; the module itself when there is one process.
+
+    DDP: `find_unused_parameters` defaults to True because policies with one output head per
+    embodiment leave the other heads without gradients in every batch. FSDP2 (`fully_shard`):
+    submodules the model lists in `fsdp_wrap_modules()` (e.g. transformer blocks) are sharded
+    one by one, then the root, so only one block's full weights live at a time.
+    """
+    if not info.enabled:
+        return model
+    broadcast_module(model)
+    if strategy == "ddp":
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(
+            model, device_ids=ids, find_unused_parameters=find_unused_parameters
+        )
+    from torch.distributed.fsdp import fully_shard
+
+    for sub in getattr(model, "fsdp_wrap_modules", list)():
+        fully_shard(sub)
+    fully_shard(model)
+    return model
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The user's module under a DDP wrapper (FSDP2 shards in place: nothing to unwrap)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def gradient_sync(model: nn.Module, enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Skip the gradient all-reduce on accumulation micro-steps that are not the last."""
+    if enabled:
+        return contextlib.nullcontext()
+    if isinstance(model, DistributedDataParallel):
+        return model.no_sync()
+    if hasattr(model, "set_requires_gradient_sync"):
+        return _fsdp_no_sync(model)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """An endless stream of micro-batches for one process, resumable at any optimiser step.
+
+    The global sample stream is epoch after epoch of a seeded permutation of the dataset
+    (`numpy.random.default_rng([seed, epoch])`), so it depends only on the seed. Optimiser step
+    `s` consumes stream positions `[s * B, (s + 1) * B)` of the global batch B; that slice is
+    cut into `grad_accum` micro-steps and each micro-step into `world_size` contiguous shards,
+    one per rank. Starting at `start_step` skips the consumed prefix exactly, on any number of
+    processes.
+    """
+
+    def __init__(
+        self,
+        dataset_size: int,
+        global_batch: int,
+        grad_accum: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        start_step: int = 0,
+    ) -> None:
+        if dataset_size < 1:
+            raise ValueError("the dataset is empty")
+        if global_batch % (grad_accum * world_size):
+            raise ValueError(
+                f"global batch {global_batch} must divide by grad_accum {grad_accum} x "
+                f"world size {world_size}"
+            )
+        self.dataset_size = dataset_size
+        self.global_batch = global_batch
+        self.grad_accum = grad_accum
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.start_step = start_step
+        self.micro_batch = global_batch // (grad_accum * world_size)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The dataset order of one epoch (the latest one is cached)."""
+        if self._cached is None or self._cached[0] != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.dataset_size)
+            self._cached = (epoch, order)
+        return self._cached[1]
+
+    def indices(self, start: int, count: int) -> list[int]:
+        """Dataset indices at global stream positions `[start, start + count)`."""
+        out: list[int] = []
+        n = self.dataset_size
+        while count > 0:
+            epoch, offset = divmod(start, n)
+            take = min(count, n - offset)
+            out.extend(int(i) for i in self.permutation(epoch)[offset : offset + take])
+            start, count = start + take, count - take
+        return out
+
+    def micro_batches(self, step: int) -> Sequence[list[int]]:
+        """This rank's `grad_accum` micro-batches of optimiser step `step`."""
+        chunk = self.micro_batch * self.world_size
+        base = step * self.global_batch
+        return [
+            self.indices(base + a * chunk + self.rank * self.micro_batch, self.micro_batch)
+            for a in range(self.grad_accum)
+        ]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            yield from self.micro_batches(step)
+            step += 1

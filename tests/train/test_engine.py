@@ -1,0 +1,238 @@
+"""The training engine on one process: config, learning, exact resumption, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from train_toy import ToyDataset, make_policy
+
+from dexvla.train import (
+    ConfigMismatchError,
+    ResumableBatchSampler,
+    TrainConfig,
+    Trainer,
+    latest_checkpoint,
+    list_checkpoints,
+    load_model_weights,
+    read_metrics,
+)
+from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE, load_tensors, save_tensors
+
+
+def fast_config(**overrides) -> TrainConfig:
+    base = dict(steps=8, batch_size=8, lr=1e-2, log_every=2, save_every=4, tensorboard=False)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_config_json_round_trip_and_validation(tmp_path: Path) -> None:
+    config = TrainConfig(steps=5, betas=[0.9, 0.95], ema=0.99, schedule="cosine", grad_clip=None)
+    assert config.betas == (0.9, 0.95)
+    assert TrainConfig.from_json(config.to_json()) == config
+    config.to_json(tmp_path / "c.json")
+    assert TrainConfig.from_json(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="grad_accum"):
+        TrainConfig(batch_size=6, grad_accum=4)
+    with pytest.raises(ValueError, match="ema"):
+        TrainConfig(ema=1.0)
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_dict({"steps": 3, "learning_rate": 1.0})
+
+
+def test_sampler_shards_one_global_stream_and_resumes() -> None:
+    n, batch = 10, 4
+    single = ResumableBatchSampler(n, batch, seed=3)
+    stream = iter(single)
+    global_batches = [next(stream) for _ in range(5)]  # 20 samples: crosses an epoch boundary
+    flat = [i for b in global_batches for i in b]
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+    assert flat[:10] != flat[10:20]  # a new permutation per epoch
+    # Two ranks with two accumulation micro-steps each cover exactly the same samples per step.
+    for step in range(5):
+        shards = [
+            ResumableBatchSampler(n, batch, grad_accum=2, rank=r, world_size=2, seed=3)
+            for r in range(2)
+        ]
+        per_step = [i for a in range(2) for s in shards for i in s.micro_batches(step)[a]]
+        assert per_step == global_batches[step]
+    resumed = iter(ResumableBatchSampler(n, batch, seed=3, start_step=3))
+    assert [next(resumed), next(resumed)] == global_batches[3:5]
+
+
+def test_loss_falls_and_outputs_are_written(tmp_path: Path) -> None:
+    model = make_policy()
+    frozen_before = model.frozen.weight.clone()
+    config = fast_config(steps=60, batch_size=16, log_every=5, save_every=30, tensorboard=True)
+    result = Trainer(model, ToyDataset(), config, tmp_path).train()
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(5, 61, 5))
+    assert {"loss", "lr", "grad_norm", "samples_per_s", "mae"} <= set(records[0])
+    assert records[-1]["loss"] < 0.3 * records[0]["loss"]
+    assert torch.equal(model.frozen.weight, frozen_before)  # frozen parameters stay put
+    assert (tmp_path / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert result.step == 60 and result.checkpoint == tmp_path / "checkpoints" / "step-000060"
+    assert TrainConfig.from_json(tmp_path / "config.json") == config
+
+
+def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v.clone() for k, v in trainer.model.state_dict().items()}
+    out |= {f"ema.{k}": v.clone() for k, v in trainer.ema.state_dict().items()}
+    for i, st in enumerate(trainer.optimizer.state.values()):
+        out |= {f"opt{i}.{k}": torch.as_tensor(v).clone() for k, v in st.items()}
+    out["lr"] = torch.tensor(trainer.scheduler.get_last_lr())
+    return out
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    config = fast_config(
+        steps=10, save_every=5, ema=0.9, grad_accum=2, schedule="cosine", warmup_steps=2
+    )
+    straight = Trainer(make_policy(noise=0.2), ToyDataset(), config, tmp_path / "a")
+    straight.train()
+
+    first = Trainer(make_policy(noise=0.2), ToyDataset(), config, tmp_path / "b")
+    original_save = first.save
+
+    def save_then_stop() -> Path:  # interrupt the run right after its step-5 checkpoint
+        path = original_save()
+        if first.step == 5:
+            raise KeyboardInterrupt
+        return path
+
+    first.save = save_then_stop  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    torch.manual_seed(999)  # the resumed run must not depend on the RNG it starts with
+    np.random.seed(999)
+    second = Trainer(
+        make_policy(noise=0.2, seed=42), ToyDataset(), config, tmp_path / "b", resume=True
+    )
+    second.train()
+
+    a, b = _state(straight), _state(second)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-6, atol=1e-7, msg=key)
+    assert first.model.seen_ids + second.model.seen_ids == straight.model.seen_ids
+    steps = [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == [2, 4, 6, 8, 10]  # records after the checkpoint were rewritten, not doubled
+
+
+def test_keep_last_prunes_old_checkpoints(tmp_path: Path) -> None:
+    Trainer(
+        make_policy(), ToyDataset(), fast_config(steps=6, save_every=1, keep_last=2), tmp_path
+    ).train()
+    names = [p.name for p in list_checkpoints(tmp_path / "checkpoints")]
+    assert names == ["step-000005", "step-000006"]
+
+
+def test_incomplete_checkpoints_are_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    Trainer(
+        make_policy(), ToyDataset(), fast_config(steps=8, save_every=2, keep_last=0), tmp_path
+    ).train()
+    root = tmp_path / "checkpoints"
+    (root / "step-000008" / MANIFEST_FILE).unlink()  # never sealed
+    with open(root / "step-000006" / MODEL_FILE, "r+b") as f:  # truncated after sealing
+        f.truncate(10)
+    with caplog.at_level(logging.WARNING):
+        assert latest_checkpoint(root) == root / "step-000004"
+    assert "step-000008" in caplog.text and "step-000006" in caplog.text
+    trainer = Trainer(
+        make_policy(),
+        ToyDataset(),
+        fast_config(steps=8, save_every=2, keep_last=0),
+        tmp_path,
+        resume=True,
+    )
+    trainer.train()
+    assert trainer.model.seen_ids and len(trainer.model.seen_ids) == 4 * 8  # steps 5..8
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
+    Trainer(make_policy(), ToyDataset(), fast_config(steps=4), tmp_path).train()
+    with pytest.raises(ConfigMismatchError, match=r"lr: checkpoint 0.01 != now 0.02"):
+        Trainer(
+            make_policy(), ToyDataset(), fast_config(steps=8, lr=2e-2), tmp_path, resume=True
+        ).train()
+    with pytest.raises(FileExistsError):
+        Trainer(make_policy(), ToyDataset(), fast_config(steps=8), tmp_path).train()
+    # A constant schedule may be extended; logging/saving cadence may change.
+    result = Trainer(
+        make_policy(), ToyDataset(), fast_config(steps=6, log_every=3), tmp_path, resume=True
+    ).train()
+    assert result.step == 6
+    cosine = fast_config(steps=4, schedule="cosine")
+    Trainer(make_policy(), ToyDataset(), cosine, tmp_path / "cos").train()
+    with pytest.raises(ConfigMismatchError, match="steps"):
+        Trainer(
+            make_policy(),
+            ToyDataset(),
+            fast_config(steps=8, schedule="cosine"),
+            tmp_path / "cos",
+            resume=True,
+        ).train()
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path: Path) -> None:
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.head = torch.nn.Linear(4, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+    model = Tied()
+    save_tensors(model.state_dict(), tmp_path / "m.safetensors")
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), "pt") as f:
+        assert len(list(f.keys())) == 1
+    loaded = load_tensors(tmp_path / "m.safetensors")
+    assert torch.equal(loaded["head.weight"], model.embed.weight)
+    other = Tied()
+    load_model_weights(other, tmp_path / "m.safetensors")
+    assert torch.equal(other.head.weight, model.embed.weight)
+    assert other.head.weight is other.embed.weight
+
+
+def test_checkpoint_files_hold_no_pickles(tmp_path: Path) -> None:
+    config = fast_config(steps=2, save_every=2, ema=0.5)
+    Trainer(make_policy(), ToyDataset(), config, tmp_path).train()
+    ckpt = tmp_path / "checkpoints" / "step-000002"
+    manifest = json.loads((ckpt / MANIFEST_FILE).read_text())
+    assert set(manifest["files"]) == {
+        "model.safetensors",
+        "ema.safetensors",
+        "optimizer.safetensors",
+        "optimizer.json",
+        "rng.safetensors",
+        "trainer_state.json",
+        "config.json",
+    }
+    assert json.loads((ckpt / "trainer_state.json").read_text())["samples_seen"] == 16
+    policy = make_policy(seed=7)
+    load_model_weights(policy, ckpt, ema=True)
+    ema = load_tensors(ckpt / "ema.safetensors")
+    torch.testing.assert_close(policy.net[0].weight, ema["net.0.weight"])
+
+
+def test_bf16_on_cpu_falls_back_to_fp32(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        trainer = Trainer(
+            make_policy(),
+            ToyDataset(),
+            fast_config(steps=2, precision="bf16", device="cpu"),
+            tmp_path,
+        )
+    assert trainer.autocast_dtype is None and "fp32" in caplog.text
+    trainer.train()
+    assert trainer.model.net[0].weight.dtype == torch.float32

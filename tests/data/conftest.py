@@ -55,12 +55,16 @@ def _segments(waypoints: list[tuple[int, np.ndarray]], length: int) -> np.ndarra
     )
 
 
-def synthetic_aloha(kind: str, seed: int = 0, length: int = 400) -> tuple[np.ndarray, list[str]]:
+def _synthetic_aloha(kind: str, seed: int = 0, length: int = 400) -> tuple[np.ndarray, list[str]]:
     """ALOHA-like (T, 14) actions with the expert's phase timing, and the true labels."""
     rng = np.random.default_rng(seed)
 
-    def pose(scale: float = 1.0) -> np.ndarray:
-        return rng.normal(size=6) * scale
+    def pose() -> np.ndarray:
+        return rng.normal(size=6)
+
+    def unit() -> np.ndarray:
+        direction = rng.normal(size=6)
+        return direction / np.linalg.norm(direction)
 
     if kind == "handover":
         r = [pose(), pose(), pose(), pose(), pose()]
@@ -87,9 +91,10 @@ def synthetic_aloha(kind: str, seed: int = 0, length: int = 400) -> tuple[np.nda
     else:
         lj, rj = [], []
         for joints in (lj, rj):
-            start, above, down, lifted = pose(), pose(), pose(), pose()
-            meet = lifted + pose(0.1)
-            deep = meet + pose(0.02)
+            start, above, down = pose(), pose(), pose()
+            lifted = down + unit()  # fast transport, then slower fine motion (as the expert)
+            meet = lifted + 0.15 * unit()
+            deep = meet + 0.05 * unit()
             joints.append(
                 _segments(
                     [(0, start), (120, above), (170, down), (220, down), (285, lifted),
@@ -112,3 +117,8 @@ def synthetic_aloha(kind: str, seed: int = 0, length: int = 400) -> tuple[np.nda
     for t in range(length):
         labels.append([text for start, text in truth if t >= start][-1])
     return action.astype(np.float32), labels
+
+
+@pytest.fixture
+def synthetic_aloha() -> Callable[..., tuple[np.ndarray, list[str]]]:
+    return _synthetic_aloha

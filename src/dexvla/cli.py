@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "dexvla.serve.commands",
     "dexvla.sim.commands",
     "dexvla.data.commands",
+    "dexvla.eval.commands",
 )
 
 

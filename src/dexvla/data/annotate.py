@@ -1,10 +1,10 @@
 """Automatic sub-step labels for datasets that have none, from the robot's own signals.
 
 Each episode is cut into phases at events read off the actions: gripper opening and closing
-runs (the gripper channels), arrival of an arm at where it then waits (its joints covering
-`ARRIVAL` of the way), and the drop from fast transport to slow fine motion (speed below
-`SLOW_FRACTION` of the transport peak), then stillness (below `STILL_FRACTION`). Two phase
-grammars cover ALOHA bimanual tasks:
+runs (the gripper channels), the end of an arm's motion (where its joint speed leaves its last
+plateau and decays, `_motion_end`), and the drop from fast transport to slow fine motion
+(speed below `SLOW_FRACTION` of the transport peak), then stillness (below `STILL_FRACTION`).
+Two phase grammars cover ALOHA bimanual tasks:
 
 * hand-over (the arms grasp one after the other): reach, lower, grasp with the first arm,
   carry, bring the second gripper, grasp with it, release from the first, hold;
@@ -28,7 +28,9 @@ from typing import Any
 
 import numpy as np
 
-ARRIVAL = 0.97
+KNEE = 0.75
+KNEE_WINDOW = 10
+NOISE_FRACTION = 0.15
 SLOW_FRACTION = 0.4
 STILL_FRACTION = 0.03
 GRIPPER_STEP = 1e-3
@@ -99,15 +101,17 @@ def _speed(joints: np.ndarray) -> np.ndarray:
     return np.convolve(speed, kernel, mode="same")
 
 
-def _arrival(joints: np.ndarray, start: int, target: int) -> int:
-    """First frame after `start` where the arm covered ARRIVAL of its way to its pose at
-    `target`."""
-    goal = joints[min(target, len(joints) - 1)]
-    dist = np.linalg.norm(joints - goal, axis=1)
-    if dist[start] <= 0:
-        return start
-    hits = np.nonzero(dist[start:] <= (1 - ARRIVAL) * dist[start])[0]
-    return start + int(hits[0]) if len(hits) else len(joints)
+def _motion_end(speed: np.ndarray, start: int, stop: int) -> int:
+    """The frame where an arm's last motion in [start, stop) ends: scanning back from `stop`,
+    the last frame whose speed is still at its plateau (>= `KNEE` of the max over the previous
+    `KNEE_WINDOW` frames) rather than in the decaying tail, and not noise (>= `NOISE_FRACTION`
+    of the median speed since `start`)."""
+    for t in range(min(stop, len(speed)) - 1, start + KNEE_WINDOW, -1):
+        plateau = speed[t - KNEE_WINDOW : t + 1].max()
+        moving = speed[t] >= NOISE_FRACTION * np.median(speed[start : t + 1])
+        if moving and speed[t] >= KNEE * plateau:
+            return t + 1
+    return start
 
 
 def objects_from_task(task: str) -> tuple[str, str]:
@@ -178,10 +182,11 @@ def _handover(arms: dict, length: int, first: str, obj: str) -> list[str]:
     cuts.append((grasp.end, text["carry"]))
     second_grasp = next((r for r in b["closing"] if r.start >= grasp.end), None)
     wait_until = second_grasp.start if second_grasp else length - 1
-    cuts.append((_arrival(a["joints"], grasp.end, wait_until), text["bring"]))
+    cuts.append((_motion_end(_speed(a["joints"]), grasp.end, wait_until), text["bring"]))
     if second_grasp is not None:
         cuts.append((second_grasp.start, text["grasp_second"]))
-        cuts.append((second_grasp.end, text["release"]))
+        if second_grasp.end < length - 1:  # a run cut by the episode's end is unfinished
+            cuts.append((second_grasp.end, text["release"]))
         release = next((r for r in a["opening"] if r.start >= second_grasp.start), None)
         if release is not None:
             cuts.append((release.end, text["hold"]))

@@ -256,3 +256,24 @@ def test_reads_lerobot_written_layout(tmp_path, make_episode):
     assert frame.shape == (16, 16, 3) and abs(float(frame.mean()) - 160) < 8
     assert abs(float(data.images(0, "cam_high").mean()) - 60) < 8
     assert read_tasks(tmp_path / "meta/tasks.parquet") == {0: "pick up the cube"}
+
+
+def test_frame_missing_a_camera_is_reported(tmp_path, make_episode):
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(make_episode(0))
+    path = tmp_path / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    key = "observation.images.cam_left_wrist"
+    images = table.column(key).to_pylist()
+    images[3] = None
+    table = table.set_column(
+        table.column_names.index(key), key, pa.array(images, table.schema.field(key).type)
+    )
+    pq.write_table(table, path)
+    data = LeRobotV3Dataset(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"episode 0 frame 3: camera 'cam_left_wrist' has no image"
+    ):
+        data.image(0, 3, "cam_left_wrist")
+    with pytest.raises(ValueError, match=r"file-000\.parquet: episode 0 frame 3"):
+        data.episode(0)

@@ -308,8 +308,7 @@ class LeRobotV3Writer:
             }
         features[SUBSTEP] = _scalar_feature("string")
         features[REWARD] = _scalar_feature("float32")
-        for name in ("timestamp",):
-            features[name] = _scalar_feature("float32")
+        features["timestamp"] = _scalar_feature("float32")
         for name in ("frame_index", "episode_index", "index", "task_index"):
             features[name] = _scalar_feature("int64")
         return features

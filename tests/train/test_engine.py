@@ -21,6 +21,7 @@ from dexvla.train import (
     load_model_weights,
     read_metrics,
 )
+from dexvla.train import checkpoint as checkpoint_module
 from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE, load_tensors, save_tensors
 
 
@@ -236,3 +237,34 @@ def test_bf16_on_cpu_falls_back_to_fp32(tmp_path: Path, caplog: pytest.LogCaptur
     assert trainer.autocast_dtype is None and "fp32" in caplog.text
     trainer.train()
     assert trainer.model.net[0].weight.dtype == torch.float32
+
+
+def test_crash_after_sealing_before_rename_keeps_previous(tmp_path: Path) -> None:
+    config = fast_config(steps=6, save_every=2)
+    trainer = Trainer(make_policy(), ToyDataset(), config, tmp_path)
+    write_json = checkpoint_module._write_json
+
+    def crash_after_manifest(path: Path, obj: object) -> None:
+        write_json(path, obj)
+        if path.name == MANIFEST_FILE and "ckpt-000004.tmp" in str(path):
+            raise OSError("simulated crash")
+
+    checkpoint_module._write_json = crash_after_manifest
+    try:
+        with pytest.raises(OSError, match="simulated"):
+            trainer.train()
+    finally:
+        checkpoint_module._write_json = write_json
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in root.glob("ckpt-000004.tmp-*")]  # sealed, but never moved in place
+    assert latest_checkpoint(root) == root / "step-000002"
+    assert Trainer(make_policy(), ToyDataset(), config, tmp_path, resume=True).train().step == 6
+    assert not list(root.glob("*.tmp-*"))
+
+
+def test_gradient_checkpointing_flag_reaches_the_model(tmp_path: Path) -> None:
+    model = make_policy()
+    calls: list[bool] = []
+    model.gradient_checkpointing_enable = lambda: calls.append(True)  # type: ignore[attr-defined]
+    Trainer(model, ToyDataset(), fast_config(steps=1, gradient_checkpointing=True), tmp_path)
+    assert calls == [True]

@@ -1,7 +1,9 @@
 """Entry point that `test_processes` launches under torchrun: the toy run on several processes,
-once per strategy, in one process group (saves a torchrun start per strategy).
+once per strategy, in one process group (saves a torchrun start per strategy): train to
+`config.steps`, then resume from that checkpoint and go on to EXTENDED_STEPS.
 
-Usage: python -m torch.distributed.run ... ddp_worker.py OUT_ROOT CONFIG_JSON STRATEGY...
+Usage: python -m torch.distributed.run ... ddp_worker.py OUT_ROOT CONFIG_JSON EXTENDED_STEPS
+STRATEGY...
 """
 
 import dataclasses
@@ -18,7 +20,10 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     config = TrainConfig.from_json(sys.argv[2])
-    for strategy in sys.argv[3:]:
+    for strategy in sys.argv[4:]:
+        out = Path(sys.argv[1]) / strategy
         run_config = dataclasses.replace(config, strategy=strategy)
-        Trainer(make_policy(), ToyDataset(), run_config, Path(sys.argv[1]) / strategy).train()
+        Trainer(make_policy(), ToyDataset(), run_config, out).train()
+        longer = dataclasses.replace(run_config, steps=int(sys.argv[3]))
+        Trainer(make_policy(seed=1), ToyDataset(), longer, out, resume=True).train()
     dist.destroy_process_group()

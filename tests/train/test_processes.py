@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import signal
 import socket
@@ -103,33 +104,40 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        str(HERE / "ddp_worker.py"), str(tmp_path / "multi"), config.to_json(), "ddp", "fsdp",
+        str(HERE / "ddp_worker.py"), str(tmp_path / "multi"), config.to_json(), "6", "ddp", "fsdp",
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    single = Trainer(make_policy(), ToyDataset(), config, tmp_path / "single").train()
-    for strategy in ("ddp", "fsdp"):
-        multi_ckpt = tmp_path / "multi" / strategy / "checkpoints" / "step-000004"
-        for name in ("model", "ema", "optimizer"):
-            want = load_tensors(single.checkpoint / f"{name}.safetensors")
-            got = load_tensors(multi_ckpt / f"{name}.safetensors")
-            assert got.keys() == want.keys(), (strategy, name)
-            for key in want:
-                msg = f"{strategy} {name} {key}"
-                torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=msg)
-        records = read_metrics(tmp_path / "multi" / strategy / "metrics.jsonl")
-        assert [r["step"] for r in records] == [2, 4]  # rank 0 alone logs
-
-    # A checkpoint written by two processes resumes on one (data order does not depend on the
-    # number of processes) and continues like the single-process run.
+    single = tmp_path / "single"
+    Trainer(make_policy(), ToyDataset(), config, single).train()
     longer = dataclasses.replace(config, steps=6)
-    from_multi = Trainer(
-        make_policy(), ToyDataset(), longer, tmp_path / "multi" / "ddp", resume=True
-    )
-    from_single = Trainer(make_policy(), ToyDataset(), longer, tmp_path / "single", resume=True)
-    from_multi.train()
+    from_single = Trainer(make_policy(seed=1), ToyDataset(), longer, single, resume=True)
     from_single.train()
+    for strategy, step, name in itertools.product(
+        ("ddp", "fsdp"), (4, 6), ("model", "ema", "optimizer")
+    ):
+        want = load_tensors(single / "checkpoints" / f"step-{step:06d}" / f"{name}.safetensors")
+        ckpt = tmp_path / "multi" / strategy / "checkpoints" / f"step-{step:06d}"
+        got = load_tensors(ckpt / f"{name}.safetensors")
+        assert got.keys() == want.keys(), (strategy, name)
+        for key in want:
+            msg = f"{strategy} step {step} {name} {key}"
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=msg)
+    for strategy in ("ddp", "fsdp"):
+        records = read_metrics(tmp_path / "multi" / strategy / "metrics.jsonl")
+        assert [r["step"] for r in records] == [2, 4, 6]  # rank 0 alone logs
+
+    # A checkpoint written by two processes resumes on one (the data order does not depend on
+    # the number of processes) and continues like the single-process run.
+    from_multi = Trainer(
+        make_policy(seed=1),
+        ToyDataset(),
+        longer,
+        tmp_path / "from_multi",
+        resume=tmp_path / "multi" / "ddp" / "checkpoints" / "step-000004",
+    )
+    from_multi.train()
     assert from_multi.model.seen_ids == from_single.model.seen_ids
     for key, value in from_single.model.state_dict().items():
         torch.testing.assert_close(from_multi.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)

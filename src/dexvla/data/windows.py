@@ -25,6 +25,12 @@ PAD_MODES = ("last", "zero")
 IMAGE_PREFIX = "observation.images."
 
 
+def _to_chw_float(image: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1], in numpy (cheaper than torch ops on
+    small tensors inside DataLoader workers)."""
+    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) * np.float32(1 / 255)
+
+
 class ChunkWindows(Dataset):
     """Every frame of `source` (or of the listed `episodes`) as a training sample."""
 
@@ -81,10 +87,7 @@ class ChunkWindows(Dataset):
             )
         is_pad = np.arange(self.chunk_size) >= valid
         sample: dict[str, Any] = {
-            IMAGE_PREFIX + cam: torch.from_numpy(
-                np.ascontiguousarray(self.source.image(episode, t, cam).transpose(2, 0, 1))
-            ).float()
-            / 255.0
+            IMAGE_PREFIX + cam: torch.from_numpy(_to_chw_float(self.source.image(episode, t, cam)))
             for cam in self.cameras
         }
         state = self.normalizer.normalize(STATE, low["state"][t], self.embodiment)

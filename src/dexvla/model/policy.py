@@ -249,20 +249,30 @@ class DexVLAPolicy(nn.Module):
     # ---------------------------------------------------------------------------- inference
     @torch.no_grad()
     def _prompt_and_reasoning_states(
-        self, batch: dict[str, Any], embodiment: str, substeps: list[str]
+        self,
+        batch: dict[str, Any],
+        embodiment: str,
+        substeps: list[str],
+        vision: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled prompt and sub-step states from one teacher-forced pass over prompt + answer.
+
+        `vision` (from `_vlm_inputs`) lets one chunk prepare its images once for every pass.
+        """
         n_cams = len(get_embodiment(embodiment).cameras)
         encoded = self.prompts.encode(self._tokens_per_image(n_cams), list(batch["task"]), substeps)
-        hidden = self._hidden(
-            encoded.input_ids, encoded.attention_mask, self._vlm_inputs(batch, embodiment)
-        )
+        if vision is None:
+            vision = self._vlm_inputs(batch, embodiment)
+        hidden = self._hidden(encoded.input_ids, encoded.attention_mask, vision)
         return (
             masked_mean(hidden, encoded.prompt_mask.to(self.device)),
             masked_mean(hidden, encoded.reasoning_mask.to(self.device)),
         )
 
     @torch.no_grad()
-    def _generate_text(self, batch: dict[str, Any], embodiment: str) -> list[str]:
+    def _generate_text(
+        self, batch: dict[str, Any], embodiment: str, vision: dict[str, torch.Tensor]
+    ) -> list[str]:
         n_cams = len(get_embodiment(embodiment).cameras)
         input_ids, attention = self.prompts.encode_prompts(
             self._tokens_per_image(n_cams), list(batch["task"])
@@ -276,7 +286,7 @@ class DexVLAPolicy(nn.Module):
             do_sample=False,
             eos_token_id=self.prompts.im_end,
             pad_token_id=self.prompts.pad_id,
-            **self._vlm_inputs(batch, embodiment),
+            **vision,
         )
         texts = self.tokenizer.batch_decode(
             generated[:, input_ids.shape[1] :], skip_special_tokens=True
@@ -287,17 +297,21 @@ class DexVLAPolicy(nn.Module):
     def generate_reasoning(self, observation: Observation | list[Observation]) -> Reasoning:
         """Let the VLM write the current sub-step for each observation (greedy decoding)."""
         batch, embodiment = self.processor.prepare(observation)
-        return self._reason(batch, embodiment, single=isinstance(observation, dict))
+        vision = self._vlm_inputs(batch, embodiment)
+        reasoning, _ = self._reason(batch, embodiment, isinstance(observation, dict), vision)
+        return reasoning
 
-    def _reason(self, batch: dict[str, Any], embodiment: str, single: bool) -> Reasoning:
+    def _reason(
+        self, batch: dict[str, Any], embodiment: str, single: bool, vision: dict[str, torch.Tensor]
+    ) -> tuple[Reasoning, torch.Tensor | None]:
+        """The generated sub-step(s), and the prompt states of the same pass (None if no pass)."""
         size = len(batch["task"])
-        if self.config.use_reasoning:
-            texts = self._generate_text(batch, embodiment)
-            _, states = self._prompt_and_reasoning_states(batch, embodiment, texts)
-        else:
-            texts = [""] * size
+        if not self.config.use_reasoning:
             states = torch.zeros(size, self.fusion.prompt_proj[0].in_features, device=self.device)
-        return Reasoning(text=texts[0] if single else texts, states=states)
+            return Reasoning(text="" if single else [""] * size, states=states), None
+        texts = self._generate_text(batch, embodiment, vision)
+        prompt, states = self._prompt_and_reasoning_states(batch, embodiment, texts, vision)
+        return Reasoning(text=texts[0] if single else texts, states=states), prompt
 
     @torch.no_grad()
     def predict_action_chunk(
@@ -313,14 +327,20 @@ class DexVLAPolicy(nn.Module):
         """
         batch, embodiment = self.processor.prepare(observation)
         single = isinstance(observation, dict)
+        vision = self._vlm_inputs(batch, embodiment)
+        prompt = None
         if reasoning is None:
-            reasoning = self._reason(batch, embodiment, single)
+            reasoning, prompt = self._reason(batch, embodiment, single, vision)
         elif len(reasoning.texts) != len(batch["task"]):
             raise ValueError(
                 f"reasoning holds {len(reasoning.texts)} sub-steps for {len(batch['task'])} "
                 "observations"
             )
-        prompt, _ = self._prompt_and_reasoning_states(batch, embodiment, reasoning.texts)
+        if prompt is None:
+            # The prompt comes before the answer and attention is causal, so its states do not
+            # depend on the sub-step: pass the prompt with an empty answer (a shorter sequence).
+            empty = [""] * len(batch["task"])
+            prompt, _ = self._prompt_and_reasoning_states(batch, embodiment, empty, vision)
         cond = self.fusion(prompt, reasoning.states.to(prompt.dtype)).to(self.dtype)
         state = batch["observation.state"].to(self.device, self.dtype)
         action_dim = get_embodiment(embodiment).action_dim

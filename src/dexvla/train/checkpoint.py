@@ -176,7 +176,7 @@ def capture_rng_state(device: torch.device) -> dict[str, Any]:
     np_state = np.random.get_state()
     out: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], np_state[1].tolist(), *(v for v in np_state[2:])],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "torch": torch.get_rng_state(),
     }
     if device.type == "cuda":
@@ -351,7 +351,11 @@ def read_checkpoint_config(path: str | Path) -> TrainConfig:
 
 
 def check_resume_config(path: str | Path, config: TrainConfig) -> None:
-    """Raise `ConfigMismatchError` when `config` cannot continue the run saved at `path`."""
+    """Raise `ConfigMismatchError` when `config` cannot continue the run saved at `path`
+    (and `ValueError` when `path` is not a complete checkpoint)."""
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(f"{path} is not a complete checkpoint: {problem}")
     problems = config.resume_mismatches(read_checkpoint_config(path))
     if problems:
         raise ConfigMismatchError(

@@ -117,7 +117,6 @@ def wrap_model(
     """
     if not info.enabled:
         return model
-    broadcast_module(model)
     if strategy == "ddp":
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(
@@ -125,6 +124,7 @@ def wrap_model(
         )
     from torch.distributed.fsdp import fully_shard
 
+    broadcast_module(model)  # DDP does this itself; FSDP shards whatever each rank holds
     for sub in getattr(model, "fsdp_wrap_modules", list)():
         fully_shard(sub)
     fully_shard(model)

@@ -1,0 +1,147 @@
+"""Inference latency of a DexVLA policy on the CPU: chunks with and without reasoning, and
+executed actions per second in the closed loop (policy time only, no simulator).
+
+Rows, all measured in one run and interleaved so that load from other processes hits every
+row alike (medians over `--reps`):
+
+- chunk, reasoning regenerated: `predict_action_chunk(obs)` = greedy generation of the
+  sub-step + one teacher-forced VLM pass + the diffusion expert's DDIM steps;
+- chunk, cached reasoning: `predict_action_chunk(obs, reasoning)` = one prompt-only VLM pass +
+  the DDIM steps;
+- closed loop: `InferenceRuntime.step` over `--loop-steps` fresh observations, k actions
+  executed per chunk, the sub-step regenerated every M chunks; actions/s = steps / time spent
+  inside `step` (the simulator's time is excluded by construction).
+
+A random-weight model never writes `<|im_end|>`, so generation always runs to the preset's
+`max_new_tokens` (24 for tiny): the reasoning rows are a worst case for a trained model.
+
+    python bench/bench_inference.py                      # tiny, 1 thread, M in 1 2 4
+    python bench/bench_inference.py --threads 2 --reasoning-every 1 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from dexvla.data.stats import DatasetStats
+from dexvla.embodiments import get_embodiment
+from dexvla.infer.runtime import InferenceRuntime, RuntimeConfig
+from dexvla.model.policy import DexVLAPolicy
+from dexvla.presets import get_policy_preset
+from dexvla.processing import DexVLAProcessor
+
+TARGET_ACTIONS_PER_S = 60.0
+
+
+def make_policy(preset: str) -> DexVLAPolicy:
+    """The preset with random weights and ALOHA statistics (no download, no checkpoint)."""
+    torch.manual_seed(0)
+    config = get_policy_preset(preset)
+    rng = np.random.default_rng(0)
+    stats = DatasetStats.from_arrays(
+        "aloha", rng.normal(size=(64, 14)), rng.uniform(-1.0, 1.0, size=(64, 14))
+    )
+    processor = DexVLAProcessor(config.vlm.image_size, config.embodiments, stats)
+    return DexVLAPolicy(config, processor=processor).eval()
+
+
+def observations(n: int, size: int, seed: int = 0) -> list[dict]:
+    """ALOHA observations with random camera images of `size` px, as the simulator gives."""
+    rng = np.random.default_rng(seed)
+    spec = get_embodiment("aloha")
+    out = []
+    for _ in range(n):
+        obs = {
+            f"observation.images.{cam}": rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            for cam in spec.cameras
+        }
+        obs["observation.state"] = rng.normal(size=spec.state_dim).astype(np.float32)
+        obs["task"] = "pick up the red cube and hand it over to the left arm"
+        obs["embodiment"] = "aloha"
+        out.append(obs)
+    return out
+
+
+def closed_loop(policy: DexVLAPolicy, obs: list[dict], k: int, every: int) -> float:
+    """Executed actions per second over `obs`, counting only the time inside `step`."""
+    runtime = InferenceRuntime(policy, RuntimeConfig(execute_steps=k, reasoning_every=every))
+    spent = 0.0
+    for one in obs:
+        start = time.perf_counter()
+        runtime.step(one)
+        spent += time.perf_counter() - start
+    return len(obs) / spent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tiny", help="policy preset (random weights)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per chunk timing")
+    parser.add_argument("--execute-steps", type=int, default=16, help="k (default 16)")
+    parser.add_argument(
+        "--reasoning-every", type=int, nargs="+", default=[1, 2, 4], help="M values to compare"
+    )
+    parser.add_argument(
+        "--loop-steps", type=int, default=128, help="control steps per closed-loop run"
+    )
+    parser.add_argument("--image-size", type=int, default=128, help="camera image size (px)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    policy = make_policy(args.preset)
+    obs = observations(args.loop_steps, args.image_size)
+    _, reasoning = policy.predict_action_chunk(obs[0])  # warm-up
+    policy.predict_action_chunk(obs[1], reasoning)
+
+    rows: dict[str, list[float]] = {"reasoning": [], "cached": [], "generate": []}
+    timed: dict[str, Callable[[], object]] = {
+        "reasoning": lambda: policy.predict_action_chunk(obs[2]),
+        "cached": lambda: policy.predict_action_chunk(obs[2], reasoning),
+        "generate": lambda: policy.generate_reasoning(obs[2]),
+    }
+    loops: dict[int, list[float]] = {m: [] for m in args.reasoning_every}
+    for _ in range(args.reps):
+        for name, fn in timed.items():
+            start = time.perf_counter()
+            fn()
+            rows[name].append((time.perf_counter() - start) * 1e3)
+    for _ in range(max(1, args.reps // 2)):
+        for m in loops:
+            loops[m].append(closed_loop(policy, obs, args.execute_steps, m))
+
+    med = {name: statistics.median(values) for name, values in rows.items()}
+    config = policy.config
+    print(
+        f"preset {args.preset}: images {config.vlm.image_size} x3 cameras, "
+        f"max_new_tokens {config.vlm.max_new_tokens}, chunk {config.chunk_size}, "
+        f"DDIM steps {config.diffusion.num_inference_steps}, threads {args.threads}, "
+        f"fp32 CPU"
+    )
+    print(f"{'row':44} {'ms':>8} {'vs cached':>10}")
+    labels = {
+        "reasoning": "chunk, reasoning regenerated",
+        "cached": "chunk, cached reasoning",
+        "generate": "generate_reasoning alone",
+    }
+    for name, label in labels.items():
+        print(f"{label:44} {med[name]:8.1f} {med[name] / med['cached']:9.2f}x")
+    print(
+        f"\nclosed loop, k={args.execute_steps}, {args.loop_steps} steps (runtime.step time only)"
+    )
+    print(f"{'reasoning every M chunks':44} {'actions/s':>9} {'target':>8}")
+    for m, values in loops.items():
+        rate = statistics.median(values)
+        verdict = "ok" if rate >= TARGET_ACTIONS_PER_S else "MISS"
+        print(f"{'M = ' + str(m):44} {rate:9.1f} {verdict:>8}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -200,3 +200,19 @@ def test_scripted_expert_solves_transfer_cube(tmp_path):
     assert info["summary"]["successes"] == 2
     assert all(r["max_stage_name"] == "transferred" for r in info["episodes"])
     assert all(r["success_step"] < 400 for r in info["episodes"])
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_episodes(tmp_path):
+    settings = dict(policy="scripted", max_steps=30, videos=0, threads=None)
+    evaluate(tiny_eval(tmp_path / "one", None, **settings))
+    evaluate(tiny_eval(tmp_path / "two", None, workers=2, **settings))
+    one = sorted(load_records(tmp_path / "one"), key=lambda r: r["episode"])
+    two = sorted(load_records(tmp_path / "two"), key=lambda r: r["episode"])
+    assert [r["seed"] for r in two] == [DEFAULT_EVAL_SEED, DEFAULT_EVAL_SEED + 1]
+    for a, b in zip(one, two, strict=True):
+        assert (a["steps"], a["total_reward"], a["timeline"]) == (
+            b["steps"],
+            b["total_reward"],
+            b["timeline"],
+        )

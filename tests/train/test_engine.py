@@ -268,3 +268,11 @@ def test_gradient_checkpointing_flag_reaches_the_model(tmp_path: Path) -> None:
     model.gradient_checkpointing_enable = lambda: calls.append(True)  # type: ignore[attr-defined]
     Trainer(model, ToyDataset(), fast_config(steps=1, gradient_checkpointing=True), tmp_path)
     assert calls == [True]
+
+
+def test_resume_with_other_trainable_parameters_is_refused(tmp_path: Path) -> None:
+    Trainer(make_policy(), ToyDataset(), fast_config(steps=2, save_every=2), tmp_path).train()
+    model = make_policy()
+    model.net[0].requires_grad_(False)
+    with pytest.raises(ValueError, match="other trainable parameters"):
+        Trainer(model, ToyDataset(), fast_config(steps=4), tmp_path, resume=True).train()

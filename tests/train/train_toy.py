@@ -1,9 +1,10 @@
 """A toy policy and dataset for the training-engine tests (also imported by subprocess scripts).
 
-The policy follows the project's API, `forward(batch) -> (loss, metrics)`; it has a frozen
-layer (the trainer must leave it alone), optional target noise drawn from torch's global RNG
-(so exact resumption needs the RNG state), and it records the sample ids it was fed (so tests
-can compare data order).
+The policy follows the project's API, `forward(batch) -> (loss, metrics)`. It has a frozen
+layer (the trainer must leave it alone); a trainable head it never uses (like the output heads
+of embodiments absent from a batch: no gradient, so no optimiser state); optional target noise
+drawn from torch's global RNG (so exact resumption needs the RNG state); and it records the
+sample ids it was fed (so tests can compare data order).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ToyPolicy(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(4, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, 2)
         )
+        self.unused_head = nn.Linear(hidden, 2)
         self.noise = noise
         self.seen_ids: list[int] = []
 

@@ -37,11 +37,12 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
-    set_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
 )
 
 from dexvla.train.config import ConfigMismatchError, TrainConfig
-from dexvla.train.distributed import DistInfo, all_gather_objects, barrier
+from dexvla.train.distributed import DistInfo, all_gather_objects, barrier, unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -406,13 +407,26 @@ def load_checkpoint(
     optim_sd = _unflatten_optimizer(
         load_tensors(path / OPTIM_TENSORS_FILE), json.loads((path / OPTIM_JSON_FILE).read_text())
     )
-    set_state_dict(
-        model,
-        optimizer,
-        model_state_dict=model_sd,
-        optim_state_dict=optim_sd,
-        options=StateDictOptions(full_state_dict=True, strict=True),
+    saved = {fqn for group in optim_sd["param_groups"] for fqn in group["params"]}
+    trainable = {n for n, p in unwrap_model(model).named_parameters() if p.requires_grad}
+    if saved != trainable:
+        raise ValueError(
+            f"{path} was trained with other trainable parameters: only in the checkpoint "
+            f"{sorted(saved - trainable)[:5]}, only now {sorted(trainable - saved)[:5]}"
+        )
+    set_model_state_dict(
+        model, model_sd, options=StateDictOptions(full_state_dict=True, strict=True)
     )
+    # Parameters that never received a gradient (e.g. other embodiments' output heads) have no
+    # optimiser state; the parameter sets were checked to match above. The loader initialises
+    # state for every parameter (step 1, zero moments): drop it where the checkpoint had none,
+    # so that such a parameter's first real update is the same as in an uninterrupted run.
+    set_optimizer_state_dict(
+        model, optimizer, optim_sd, options=StateDictOptions(full_state_dict=True, strict=False)
+    )
+    params = dict(unwrap_model(model).named_parameters())
+    for name in trainable - set(optim_sd["state"]):
+        optimizer.state.pop(params[name], None)
     state = json.loads((path / STATE_FILE).read_text())
     scheduler.load_state_dict(state.pop("scheduler"))
     rng = state.pop("rng")

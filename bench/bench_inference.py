@@ -1,8 +1,8 @@
 """Inference latency of a DexVLA policy on the CPU: chunks with and without reasoning, and
 executed actions per second in the closed loop (policy time only, no simulator).
 
-Rows, all measured in one run and interleaved so that load from other processes hits every
-row alike (medians over `--reps`):
+Rows, all measured in one run and interleaved (each repetition times every row once) so that
+load from other processes hits every row alike; medians over `--reps`:
 
 - chunk, reasoning regenerated: `predict_action_chunk(obs)` = greedy generation of the
   sub-step + one teacher-forced VLM pass + the diffusion expert's DDIM steps;
@@ -11,6 +11,10 @@ row alike (medians over `--reps`):
 - closed loop: `InferenceRuntime.step` over `--loop-steps` fresh observations, k actions
   executed per chunk, the sub-step regenerated every M chunks; actions/s = steps / time spent
   inside `step` (the simulator's time is excluded by construction).
+
+Each row is given by wall clock and by this process's CPU time. With one thread on a quiet
+machine the two agree; on a shared, loaded machine the CPU time is what the same run would
+take alone (the wall time then mostly measures waiting for a core).
 
 A random-weight model never writes `<|im_end|>`, so generation always runs to the preset's
 `max_new_tokens` (24 for tiny): the reasoning rows are a worst case for a trained model.
@@ -22,6 +26,7 @@ A random-weight model never writes `<|im_end|>`, so generation always runs to th
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -68,15 +73,24 @@ def observations(n: int, size: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def closed_loop(policy: DexVLAPolicy, obs: list[dict], k: int, every: int) -> float:
-    """Executed actions per second over `obs`, counting only the time inside `step`."""
+def closed_loop(policy: DexVLAPolicy, obs: list[dict], k: int, every: int) -> tuple[float, float]:
+    """Executed actions per second over `obs`, counting only the time inside `step`: by wall
+    clock and by this process's CPU time."""
     runtime = InferenceRuntime(policy, RuntimeConfig(execute_steps=k, reasoning_every=every))
-    spent = 0.0
+    wall = cpu = 0.0
     for one in obs:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         runtime.step(one)
-        spent += time.perf_counter() - start
-    return len(obs) / spent
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+    return len(obs) / wall, len(obs) / cpu
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, float]:
+    """Wall and CPU milliseconds of one call."""
+    start, start_cpu = time.perf_counter(), time.process_time()
+    fn()
+    return (time.perf_counter() - start) * 1e3, (time.process_time() - start_cpu) * 1e3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,46 +114,49 @@ def main(argv: list[str] | None = None) -> int:
     _, reasoning = policy.predict_action_chunk(obs[0])  # warm-up
     policy.predict_action_chunk(obs[1], reasoning)
 
-    rows: dict[str, list[float]] = {"reasoning": [], "cached": [], "generate": []}
-    timed: dict[str, Callable[[], object]] = {
-        "reasoning": lambda: policy.predict_action_chunk(obs[2]),
-        "cached": lambda: policy.predict_action_chunk(obs[2], reasoning),
-        "generate": lambda: policy.generate_reasoning(obs[2]),
-    }
-    loops: dict[int, list[float]] = {m: [] for m in args.reasoning_every}
-    for _ in range(args.reps):
-        for name, fn in timed.items():
-            start = time.perf_counter()
-            fn()
-            rows[name].append((time.perf_counter() - start) * 1e3)
-    for _ in range(max(1, args.reps // 2)):
+    rows: dict[str, list[tuple[float, float]]] = {"reasoning": [], "cached": [], "generate": []}
+    loops: dict[int, list[tuple[float, float]]] = {m: [] for m in args.reasoning_every}
+    for rep in range(args.reps):
+        one = obs[rep % len(obs)]
+        calls: dict[str, Callable[[], object]] = {
+            "reasoning": lambda one=one: policy.predict_action_chunk(one),
+            "cached": lambda one=one: policy.predict_action_chunk(one, reasoning),
+            "generate": lambda one=one: policy.generate_reasoning(one),
+        }
+        for name, fn in calls.items():
+            rows[name].append(timed(fn))
         for m in loops:
             loops[m].append(closed_loop(policy, obs, args.execute_steps, m))
 
-    med = {name: statistics.median(values) for name, values in rows.items()}
+    wall = {name: statistics.median(v[0] for v in values) for name, values in rows.items()}
+    cpu = {name: statistics.median(v[1] for v in values) for name, values in rows.items()}
     config = policy.config
     print(
         f"preset {args.preset}: images {config.vlm.image_size} x3 cameras, "
         f"max_new_tokens {config.vlm.max_new_tokens}, chunk {config.chunk_size}, "
         f"DDIM steps {config.diffusion.num_inference_steps}, threads {args.threads}, "
-        f"fp32 CPU"
+        f"fp32 CPU, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    print(f"{'row':44} {'ms':>8} {'vs cached':>10}")
+    print(f"{'row':34} {'wall ms':>8} {'vs cached':>9} {'CPU ms':>8} {'vs cached':>9}")
     labels = {
         "reasoning": "chunk, reasoning regenerated",
         "cached": "chunk, cached reasoning",
         "generate": "generate_reasoning alone",
     }
     for name, label in labels.items():
-        print(f"{label:44} {med[name]:8.1f} {med[name] / med['cached']:9.2f}x")
+        print(
+            f"{label:34} {wall[name]:8.1f} {wall[name] / wall['cached']:8.2f}x "
+            f"{cpu[name]:8.1f} {cpu[name] / cpu['cached']:8.2f}x"
+        )
     print(
         f"\nclosed loop, k={args.execute_steps}, {args.loop_steps} steps (runtime.step time only)"
     )
-    print(f"{'reasoning every M chunks':44} {'actions/s':>9} {'target':>8}")
+    print(f"{'reasoning every M chunks':34} {'actions/s wall':>14} {'actions/s CPU':>14} target")
     for m, values in loops.items():
-        rate = statistics.median(values)
+        rate = statistics.median(v[0] for v in values)
+        rate_cpu = statistics.median(v[1] for v in values)
         verdict = "ok" if rate >= TARGET_ACTIONS_PER_S else "MISS"
-        print(f"{'M = ' + str(m):44} {rate:9.1f} {verdict:>8}")
+        print(f"{'M = ' + str(m):34} {rate:14.1f} {rate_cpu:14.1f} {verdict:>6} (wall)")
     return 0
 
 

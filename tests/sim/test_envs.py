@@ -45,6 +45,8 @@ def test_reset_and_step_give_the_embodiment_layout(envs, name):
     assert set(_images(obs)) == {f"observation.images.{cam}" for cam in spec.cameras}
     assert isinstance(reward, float) and isinstance(info["is_success"], bool)
     assert 0 <= info["reward_stage"] <= info["max_reward"]
+    if name.startswith("aloha-"):
+        assert info["stage_name"] == "none"  # nothing touched after one step
     assert not truncated
 
 

@@ -13,7 +13,7 @@ FEATURED = {
     "aloha-insertion": "aloha",
     "aloha-cube-to-bin": "aloha",
     "sawyer-reach": "sawyer",
-    "sawyer-push": "sawyer",
+    "sawyer-window-open": "sawyer",
     "sawyer-pick-place": "sawyer",
     "sawyer-drawer-open": "sawyer",
     "sawyer-button-press": "sawyer",
@@ -69,7 +69,7 @@ def test_tasks_json_lists_dims_cameras_length_and_rate(capsys):
     )
     assert aloha["cameras"] == ["cam_high", "cam_left_wrist", "cam_right_wrist"]
     assert tasks["hand-pick-place"]["action_dim"] == 18
-    assert tasks["sawyer-push"]["cameras"] == ["cam_high"]
+    assert tasks["sawyer-window-open"]["cameras"] == ["cam_high"]
 
 
 def test_tasks_table_lists_every_task(capsys):

@@ -105,7 +105,7 @@ class Contacts:
 
 @dataclass(frozen=True)
 class Waypoint:
-    """Where one arm's gripper link should be at step `t`, and its gripper opening (0..1)."""
+    """Where one arm's end-effector (mocap) target is at step `t`, and its gripper opening."""
 
     t: int
     xyz: np.ndarray
@@ -506,7 +506,12 @@ class AlohaEnv(gym.Env):
         self.steps += 1
         stage = self.scene.reward(self.model, self.data, self.layout)
         success = stage == self.scene.max_reward
-        info = {"is_success": success, "reward_stage": stage, "max_reward": self.scene.max_reward}
+        info = {
+            "is_success": success,
+            "reward_stage": stage,
+            "stage_name": self.scene.stage_names[stage],
+            "max_reward": self.scene.max_reward,
+        }
         truncated = self.steps >= self.max_steps
         return self._obs(), float(stage), success, truncated, info
 

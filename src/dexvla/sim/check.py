@@ -18,7 +18,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="first seed")
     args = parser.parse_args(argv)
-    import dexvla.sim  # noqa: F401  (registers the tasks)
 
     names = args.tasks or [t.name for t in list_tasks(featured_only=True)]
     print("| task | successes | seconds | failed seeds |\n|---|---|---|---|")

@@ -198,19 +198,14 @@ class HandScriptedExpert:
             (25, f"lower the {n} onto the pad", at_pad, CLOSED_HAND),
             (15, "open the hand", at_pad, RELEASE_HAND),
             (20, "lift the hand away", above_pad + np.array([0, 0, 0.04]), RELEASE_HAND),
-            (1, "lift the hand away", above_pad + np.array([0, 0, 0.04]), RELEASE_HAND),
         ]
         self._start = np.concatenate([home, np.zeros(3), OPEN_HAND])
         self._t = 0
 
-    @property
-    def length(self) -> int:
-        return sum(duration for duration, *_ in self.phases)
-
     def act(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
         if not self.phases:
             raise RuntimeError("call reset(env) before act()")
-        t = min(self._t, self.length - 1)
+        t = self._t
         self._t += 1
         previous = self._start
         for duration, text, wrist, fingers in self.phases:
@@ -221,4 +216,4 @@ class HandScriptedExpert:
                 return (previous + smooth * (goal - previous)).astype(np.float32), text
             t -= duration
             previous = goal
-        raise AssertionError("unreachable: t is clipped to the plan length")
+        return previous.astype(np.float32), text  # after the plan: hold the last pose

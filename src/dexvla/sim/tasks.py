@@ -83,7 +83,6 @@ ALOHA_TASKS = {
 # hand-object distance from which it does it; the button is pressed from 10 cm in front)
 SAWYER_FEATURED = {
     "reach": ("reach the target with the gripper", None, "move the gripper to the target", 0.05),
-    "push": ("push the puck to the goal", "puck", "push the puck to the goal", 0.05),
     "pick-place": (
         "pick up the puck and place it at the goal",
         "puck",
@@ -92,7 +91,10 @@ SAWYER_FEATURED = {
     ),
     "drawer-open": ("open the drawer", "drawer handle", "pull the drawer open", 0.05),
     "button-press": ("press the button", "button", "press the button", 0.1),
+    "window-open": ("open the window", "window handle", "slide the window open", 0.05),
 }
+# Registered but not featured: below 95% with its shipped policy here (docs/simulation.md).
+SAWYER_NAMED = {"push": ("push the puck to the goal", "puck", "push the puck to the goal", 0.05)}
 
 
 def _register_all() -> None:
@@ -110,14 +112,14 @@ def _register_all() -> None:
                 description=description,
             )
         )
-    mw_names = set(SAWYER_FEATURED)
+    mw_names = set(SAWYER_FEATURED) | set(SAWYER_NAMED)
     if importlib.util.find_spec("metaworld") is not None:
         from dexvla.sim.sawyer import metaworld_names
 
         mw_names |= set(metaworld_names())
     for mw_name in sorted(mw_names):
         words = mw_name.replace("-", " ")
-        instruction, noun, manipulate, radius = SAWYER_FEATURED.get(
+        instruction, noun, manipulate, radius = (SAWYER_FEATURED | SAWYER_NAMED).get(
             mw_name, (words, "object", f"{words} with the object", 0.05)
         )
         register_task(

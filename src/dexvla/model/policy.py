@@ -177,6 +177,24 @@ class DexVLAPolicy(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.expert.parameters()).dtype
 
+    # ------------------------------------------------------------------------ training hooks
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in the backward pass: VLM decoder/vision blocks and ScaleDP.
+
+        Non-reentrant checkpointing, so frozen inputs (a frozen vision tower or embedding) need
+        no `enable_input_require_grads` trick.
+        """
+        self.vlm.activation_checkpointing_enable({"use_reentrant": False})
+        self.expert.gradient_checkpointing = True
+
+    def fsdp_wrap_modules(self) -> list[nn.Module]:
+        """Submodules FSDP shards one by one: vision blocks, decoder layers, ScaleDP blocks."""
+        return [
+            *self.vlm.model.visual.blocks,
+            *self.vlm.model.language_model.layers,
+            *self.expert.blocks,
+        ]
+
     # ----------------------------------------------------------------------------- encoding
     def _vlm_inputs(self, batch: dict[str, Any], embodiment: str) -> dict[str, torch.Tensor]:
         cameras = [

@@ -1,0 +1,263 @@
+"""Stage 1: the ScaleDP expert alone, pre-trained across embodiments, no VLM forward.
+
+The paper conditions stage 1 on a frozen vision encoder and a frozen language encoder. Here
+both come from the policy preset's own Qwen2-VL, so stage 1 needs no extra download and sees
+the same pixels and tokens as stage 2:
+
+- vision: the Qwen2-VL vision tower (patch embedding, ViT blocks, 2x2 patch merger), frozen;
+  its merged patch features are mean-pooled per camera, then averaged over the cameras;
+- language: the Qwen2-VL token embedding of the instruction, frozen, mean-pooled.
+
+A trainable condition projection `stage1_proj` (Linear -> LayerNorm -> GELU -> Linear, the
+paper's projector shape) maps `concat(vision, language)` to the expert's `cond_dim`. Averaging
+over cameras makes one projection serve every embodiment whatever its camera count. Stage 2
+keeps `expert.*` and drops `stage1_proj.*` (see `load_stage1_expert`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dexvla.data.stats import DatasetStats
+from dexvla.embodiments import get_embodiment
+from dexvla.model.diffusion import ActionDiffusion
+from dexvla.model.policy import (
+    CONFIG_NAME,
+    STATS_NAME,
+    WEIGHTS_NAME,
+    DexVLAPolicy,
+    PolicyConfig,
+    _replace_directory,
+)
+from dexvla.model.scaledp import ScaleDP
+from dexvla.model.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean
+from dexvla.processing import IMAGE_PREFIX, resize_images
+
+log = logging.getLogger(__name__)
+
+STAGE1_KIND = "dexvla-stage1"
+EXPERT_PREFIX = "expert."
+PROJ_PREFIX = "stage1_proj."
+# Random-weight backbones (the tiny preset) are built under this seed, so every stage-1 run of
+# a preset sees the same frozen encoders.
+ENCODER_SEED = 0
+# Per-embodiment expert parts: a stage-1 expert's heads for embodiments a stage-2 policy does
+# not serve are dropped by these names.
+HEAD_MODULES = ("action_in", "state_in", "action_out")
+
+
+class Stage1Encoder(nn.Module):
+    """Frozen observation features: Qwen2-VL vision tower + token embedding of one preset."""
+
+    def __init__(self, config: VLMConfig) -> None:
+        super().__init__()
+        self.tokenizer = load_tokenizer(config)
+        with torch.random.fork_rng():
+            torch.manual_seed(ENCODER_SEED)
+            vlm = build_vlm(config, self.tokenizer)
+        self.visual = vlm.model.visual
+        self.embed_tokens = vlm.get_input_embeddings()
+        self.vision_dim = int(vlm.config.vision_config.hidden_size)
+        self.text_dim = int(vlm.config.text_config.hidden_size)
+        self.image_size = tuple(config.image_size)
+        self.images = ImageEncoder()
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def out_dim(self) -> int:
+        return self.vision_dim + self.text_dim
+
+    def train(self, mode: bool = True) -> Stage1Encoder:
+        """Always in eval mode: the encoders are frozen."""
+        return super().train(False)
+
+    def _text(self, tasks: list[str], device: torch.device) -> torch.Tensor:
+        rows = [self.tokenizer.encode(t, add_special_tokens=False) or [0] for t in tasks]
+        length = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), length, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.bool)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = True
+        return masked_mean(self.embed_tokens(ids.to(device)), mask.to(device)).float()
+
+    @torch.no_grad()
+    def forward(self, batch: dict[str, Any], embodiment: str) -> torch.Tensor:
+        """(B, vision_dim + text_dim): camera-averaged image features ++ instruction features."""
+        cameras = get_embodiment(embodiment).cameras
+        device = self.embed_tokens.weight.device
+        resized = [resize_images(batch[IMAGE_PREFIX + cam], self.image_size) for cam in cameras]
+        pixel_values, grid = self.images(resized)
+        merged = self.visual(
+            pixel_values.to(device, self.embed_tokens.weight.dtype), grid_thw=grid.to(device)
+        ).pooler_output  # (B * n_cams * tokens, vision_dim), sample-major
+        size = len(batch["task"])
+        per_camera = merged.view(size, len(cameras), -1, merged.shape[-1]).mean(2)
+        vision = per_camera.mean(1).float()  # (B, vision_dim)
+        return torch.cat([vision, self._text(list(batch["task"]), device)], dim=-1)
+
+
+class Stage1Policy(nn.Module):
+    """Frozen encoders -> `stage1_proj` -> ScaleDP with one head per embodiment."""
+
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Stage1Encoder(config.vlm)
+        cond = config.expert.cond_dim
+        self.stage1_proj = nn.Sequential(
+            nn.Linear(self.encoder.out_dim, cond),
+            nn.LayerNorm(cond),
+            nn.GELU(),
+            nn.Linear(cond, cond),
+        )
+        self.expert = ScaleDP(config.expert)
+        self.diffusion = ActionDiffusion(config.diffusion)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Noise-prediction loss on a one-embodiment batch (the windows' layout)."""
+        names = set(batch["embodiment"])
+        if len(names) != 1:
+            raise ValueError(f"a batch must hold one embodiment, got {sorted(names)}")
+        embodiment = names.pop()
+        if embodiment not in self.config.expert.embodiments:
+            raise ValueError(
+                f"embodiment {embodiment!r} has no expert head; heads: "
+                f"{sorted(self.config.expert.embodiments)}"
+            )
+        dtype = self.expert.pos_embed.dtype
+        device = self.expert.pos_embed.device
+        cond = self.stage1_proj(self.encoder(batch, embodiment).to(device, dtype))
+        state = batch["observation.state"].to(device, dtype)
+
+        def denoise(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            return self.expert(noisy.to(dtype), timesteps, cond, state, embodiment)
+
+        loss = self.diffusion.loss(
+            denoise, batch["action"].to(device, torch.float32), batch["action_is_pad"].to(device)
+        )
+        value = float(loss.detach())
+        return loss, {"loss": value, "action_loss": value}
+
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute ScaleDP blocks in the backward pass (the encoders run without grad)."""
+        self.expert.gradient_checkpointing = True
+
+    def fsdp_wrap_modules(self) -> list[nn.Module]:
+        return list(self.expert.blocks)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The weights a stage-1 artefact holds: `expert.*` and `stage1_proj.*`."""
+        return {
+            k: v.detach().cpu().contiguous()
+            for k, v in self.state_dict().items()
+            if k.startswith((EXPERT_PREFIX, PROJ_PREFIX))
+        }
+
+    def save_final(self, directory: Path, stats: DatasetStats, stage: dict[str, Any]) -> Path:
+        """Write config.json, model.safetensors (expert + projection), stats.json atomically."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        try:
+            config = {
+                "kind": STAGE1_KIND,
+                "policy": self.config.to_dict(),
+                "encoder": {
+                    "vision": f"{self.config.vlm.name} vision tower (frozen)",
+                    "language": f"{self.config.vlm.name} token embedding (frozen)",
+                    "pretrained": self.config.vlm.pretrained,
+                    "seed": ENCODER_SEED,
+                    "out_dim": self.encoder.out_dim,
+                },
+                "stage": stage,
+            }
+            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+            save_file(self.trainable_state(), str(staging / WEIGHTS_NAME))
+            stats.save(staging / STATS_NAME)
+            _replace_directory(staging, directory)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return directory
+
+
+def read_stage1(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A stage-1 artefact's config and weights; errors say what is wrong with the directory."""
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"stage-1 checkpoint {directory} has no {name}")
+    config = json.loads((directory / CONFIG_NAME).read_text())
+    if config.get("kind") != STAGE1_KIND:
+        raise ValueError(
+            f"{directory} is not a stage-1 checkpoint (config kind {config.get('kind')!r}); "
+            "stage 2 --init takes the final/ directory of a `dexvla train --stage 1` run"
+        )
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME))
+    except Exception as error:
+        raise ValueError(f"cannot read {directory / WEIGHTS_NAME}: {error}") from None
+    return config, state
+
+
+def map_stage1_state(
+    state: dict[str, torch.Tensor], expert: ScaleDP
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Stage-1 weights -> the expert's state dict, by an explicit key mapping.
+
+    `expert.<name>` maps to `<name>`; `stage1_proj.*` and the heads of embodiments `expert` has
+    no head for are dropped by name. Any other key, a missing expert key or a shape mismatch is
+    a ValueError listing the keys. Returns (expert state, dropped keys).
+    """
+    served = set(expert.config.embodiments)
+    mapped: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
+    unexpected: list[str] = []
+    for key, value in state.items():
+        if key.startswith(PROJ_PREFIX):
+            dropped.append(key)
+        elif key.startswith(EXPERT_PREFIX):
+            name = key[len(EXPERT_PREFIX) :]
+            parts = name.split(".")
+            if parts[0] in HEAD_MODULES and parts[1] not in served:
+                dropped.append(key)
+            else:
+                mapped[name] = value
+        else:
+            unexpected.append(key)
+    target = expert.state_dict()
+    unexpected += [EXPERT_PREFIX + k for k in sorted(set(mapped) - set(target))]
+    missing = [EXPERT_PREFIX + k for k in sorted(set(target) - set(mapped))]
+    if missing or unexpected:
+        raise ValueError(
+            f"stage-1 weights do not fit this policy's expert: missing keys {missing[:20]}, "
+            f"unexpected keys {sorted(unexpected)[:20]}"
+        )
+    wrong = [
+        f"{EXPERT_PREFIX}{k}: checkpoint {tuple(v.shape)} vs policy {tuple(target[k].shape)}"
+        for k, v in mapped.items()
+        if v.shape != target[k].shape
+    ]
+    if wrong:
+        raise ValueError(f"stage-1 expert has tensors of the wrong shape: {wrong[:20]}")
+    return mapped, dropped
+
+
+def load_stage1_expert(policy: DexVLAPolicy, directory: Path) -> list[str]:
+    """Load a stage-1 artefact's expert into `policy.expert` strictly; return dropped keys."""
+    _, state = read_stage1(directory)
+    mapped, dropped = map_stage1_state(state, policy.expert)
+    policy.expert.load_state_dict(mapped, strict=True)
+    log.info("stage-1 expert loaded from %s; dropped by name: %s", directory, dropped)
+    return dropped

@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "dexvla.sim.commands",
     "dexvla.data.commands",
     "dexvla.eval.commands",
+    "dexvla.train.commands",
+    "dexvla.demo",
 )
 
 

@@ -317,6 +317,9 @@ def test_resume_continues_from_the_last_checkpoint(data, tmp_path):
         (["--stage", "2", "--preset", "tiny-stage2", "--embodiments", "aloha", "--data",
           "{sawyer}"], "no expert head|expert heads for"),
         (["--stage", "2", "--preset", "tiny-stage2", "--init", "{s2}"], "not a stage-1"),
+        (["--stage", "3", "--preset", "tiny-stage3", "--init", "{aloha}"], "no config.json"),
+        (["--stage", "3", "--preset", "tiny-stage3", "--init", "{s2}", "--image-size", "56x56"],
+         "cannot change its image size"),
     ],
 )  # fmt: skip
 def test_cli_errors_are_clear(args, message, data, stage2_final, tmp_path, capsys):

@@ -143,7 +143,7 @@ class StageConfig:
         )
 
     def replace(self, **changes: Any) -> StageConfig:
-        """A copy with fields replaced; `train_overrides` as `train=...` or TrainConfig fields."""
+        """A copy with fields replaced; `TrainConfig` fields may be given directly (`lr=...`)."""
         train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
         train_changes = {k: changes.pop(k) for k in list(changes) if k in train_fields}
         if train_changes:
@@ -452,6 +452,34 @@ def _read_stats(directory: Path) -> DatasetStats | None:
     return DatasetStats.load(path) if path.is_file() else None
 
 
+def read_policy_config(directory: Path) -> PolicyConfig:
+    """The policy config of a `save_pretrained` directory (a stage-2 or stage-3 final/)."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"--init {directory} has no config.json (not a policy checkpoint)")
+    raw = json.loads(path.read_text())
+    if "vlm_architecture" not in raw:
+        raise ValueError(
+            f"--init {directory} is not a policy checkpoint written by save_pretrained "
+            f"(kind {raw.get('kind')!r}); stage 3 takes the final/ directory of stage 2"
+        )
+    raw.pop("vlm_architecture")
+    return PolicyConfig.from_dict(raw)
+
+
+def check_stage3_overrides(config: StageConfig, policy: PolicyConfig, init: Path) -> None:
+    """Stage 3 keeps the init policy's architecture: refuse heads or camera sizes that differ."""
+    problems = []
+    if config.image_size is not None and tuple(config.image_size) != policy.vlm.image_size:
+        problems.append(f"image size {config.image_size} (init: {policy.vlm.image_size})")
+    if config.embodiments is not None and set(config.embodiments) != set(policy.embodiments):
+        problems.append(f"expert heads {list(config.embodiments)} (init: {policy.embodiments})")
+    if problems:
+        raise ValueError(
+            f"stage 3 continues {init} as it is and cannot change its {'; '.join(problems)}"
+        )
+
+
 # ----------------------------------------------------------------------------------- run
 def _check_resume(out_dir: Path, config: StageConfig) -> None:
     """A resumed run must use the saved stage options (the engine checks `train` itself)."""
@@ -495,9 +523,8 @@ def run_stage(
     base_stats = None
     if config.stage == 3:
         assert init_path is not None
-        raw = json.loads((init_path / "config.json").read_text())
-        raw.pop("vlm_architecture", None)
-        policy_config = PolicyConfig.from_dict(raw)
+        policy_config = read_policy_config(init_path)
+        check_stage3_overrides(config, policy_config, init_path)
         base_stats = _read_stats(init_path)
     data = load_stage_data(data_paths, config, policy_config, base_stats)
     if resume:

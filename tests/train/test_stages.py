@@ -296,7 +296,9 @@ def test_resume_continues_from_the_last_checkpoint(data, tmp_path):
             "--out", str(out), "--log-every", "1", "--save-every", "2", "--image-size", "28x28",
             "--batch-size", "4"]  # fmt: skip
     assert train(*args, "--steps", "4") == 0
-    assert train(*args, "--steps", "6") == 2  # without --resume: refused, nothing changed
+    saved = (out / "stage_config.json").read_text()
+    assert train(*args, "--steps", "6", "--llm", "frozen") == 2  # no --resume: refused
+    assert (out / "stage_config.json").read_text() == saved
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
     assert train(*args, "--steps", "6", "--resume") == 0
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]

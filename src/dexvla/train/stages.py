@@ -39,9 +39,9 @@ from dexvla.embodiments import get_embodiment
 from dexvla.model.policy import DexVLAPolicy, PolicyConfig, expert_heads
 from dexvla.presets import POLICY_PRESETS, get_policy_preset
 from dexvla.processing import DexVLAProcessor
-from dexvla.train.checkpoint import load_model_weights
+from dexvla.train.checkpoint import latest_checkpoint, load_model_weights
 from dexvla.train.config import TrainConfig
-from dexvla.train.loop import Trainer
+from dexvla.train.loop import CHECKPOINTS_DIR, Trainer
 from dexvla.train.stage1 import Stage1Policy, load_stage1_expert
 
 log = logging.getLogger(__name__)
@@ -529,6 +529,11 @@ def run_stage(
     data = load_stage_data(data_paths, config, policy_config, base_stats)
     if resume:
         _check_resume(out_dir, config)
+    elif latest_checkpoint(out_dir / CHECKPOINTS_DIR) is not None:
+        raise ValueError(
+            f"{out_dir} already holds checkpoints: pass --resume to continue that run, or pick "
+            "a new --out"
+        )
     model, tuner = build_model(config, data, init_path)
     log.info("stage %d: %d trainable tensors", config.stage, len(trainable_parameters(model)))
 
@@ -549,10 +554,7 @@ def run_stage(
     if trainer.info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / STAGE_CONFIG_NAME, config.to_dict())
-    try:
-        result = trainer.train()
-    except FileExistsError as error:
-        raise ValueError(f"{error} (pass --resume to continue that run)") from None
+    result = trainer.train()
     final = out_dir / FINAL_DIR
     if not trainer.info.is_main:
         return final

@@ -1,6 +1,13 @@
 """Simulated robots and tasks (ALOHA, MetaWorld Sawyer, a dexterous hand), scripted experts
 with per-frame sub-steps, and demonstration collection. See docs/simulation.md."""
 
+import os
+
+# Offscreen rendering on a headless machine unless the user chose a backend; must be set
+# before mujoco is first imported.
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
 from dexvla.sim import tasks as _tasks  # noqa: F401  (registers the tasks)
 from dexvla.sim.registry import (
     ScriptedExpert,

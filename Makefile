@@ -6,24 +6,33 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dexvla-installed
+# A separate interpreter with LeRobot's dataset dependencies (pandas, HF datasets), in which a
+# test reads our datasets the way LeRobot's reader does (the lerobot package itself needs
+# Python >= 3.12 or torchvision, neither available beside the CPU torch; docs/data.md).
+LEROBOT_VENV ?= .venv-lerobot
+LEROBOT_STAMP := $(LEROBOT_VENV)/.installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: setup test test-fast demo lint format bench clean
+.PHONY: setup test test-fast demo lint format clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-nodeps.txt
 	@bash scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[sim,dev]"
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
 	touch $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+$(LEROBOT_STAMP):
+	$(PYTHON) -m venv $(LEROBOT_VENV)
+	$(LEROBOT_VENV)/bin/pip install -q "pandas>=2.2" "datasets>=3" pillow numpy
+	touch $(LEROBOT_STAMP)
+
+test: $(STAMP) $(LEROBOT_STAMP)
+	DEXVLA_LEROBOT_PYTHON=$(abspath $(LEROBOT_VENV))/bin/python $(BIN)/python -m pytest -q -ra
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
@@ -40,4 +49,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LEROBOT_VENV) build *.egg-info

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from dexvla.cli import main
+from dexvla.model.scaledp import count_parameters
 from dexvla.presets import (
     POLICY_PRESETS,
     describe_presets,
@@ -54,3 +55,14 @@ def test_models_command_table(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "dexvla-2b" in out and "M" in out
+
+
+def test_tiny_expert_sizes_keep_the_papers_ratios():
+    sizes = [
+        count_parameters(get_policy_preset(name).expert) for name in ("tiny", "tiny-l", "tiny-h")
+    ]
+    paper = [
+        count_parameters(get_expert_preset(n)) for n in ("scaledp-b", "scaledp-l", "scaledp-h")
+    ]
+    for ours, theirs in zip(sizes[1:], paper[1:], strict=True):
+        assert ours / sizes[0] == pytest.approx(theirs / paper[0], rel=0.10)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "dexvla.eval.commands",
     "dexvla.train.commands",
     "dexvla.demo",
+    "dexvla.benchmarks.commands",
 )
 
 

@@ -103,6 +103,8 @@ def vlm_hidden(config: VLMConfig) -> int:
 
 POLICY_PRESETS: dict[str, PolicyConfig] = {
     "tiny": _policy("tiny", "qwen2-vl-tiny", "scaledp-tiny", ("aloha", "sawyer")),
+    "tiny-l": _policy("tiny-l", "qwen2-vl-tiny", "scaledp-tiny-l", ("aloha", "sawyer")),
+    "tiny-h": _policy("tiny-h", "qwen2-vl-tiny", "scaledp-tiny-h", ("aloha", "sawyer")),
     "dexvla-2b": _policy("dexvla-2b", "qwen2-vl-2b", "scaledp-h", ("aloha",)),
     "dexvla-2b-l": _policy("dexvla-2b-l", "qwen2-vl-2b", "scaledp-l", ("aloha",)),
 }

@@ -106,7 +106,8 @@ def test_presets_are_valid_and_round_trip():
     assert stage2.train.betas == (0.9, 0.98) and stage2.train.schedule == "constant"
     assert stage2.train.precision == "bf16" and stage2.train.gradient_checkpointing
     assert (stage3.train.steps, stage3.train.schedule) == (80_000, "cosine")
-    assert stage2.freeze_vision
+    assert stage2.freeze_vision and stage3.freeze_vision  # pretrained Qwen2-VL: the paper's
+    assert not get_stage_preset("tiny-stage2").freeze_vision  # random tiny tower: trained
 
 
 @pytest.mark.parametrize(
@@ -195,18 +196,20 @@ def test_freezing_modes_leave_the_intended_parameters_trainable():
     head = {n for n in everything if n.startswith(("fusion.", "expert."))}
     assert visual and language and head and everything == visual | language | head
 
-    apply_freezing(policy, get_stage_preset("tiny-stage2"))
-    assert set(trainable_parameters(policy)) == language | head
-    apply_freezing(policy, get_stage_preset("tiny-stage2").replace(freeze_vision=False))
+    apply_freezing(policy, get_stage_preset("tiny-stage2"))  # random vision: trained
     assert set(trainable_parameters(policy)) == everything
+    apply_freezing(policy, get_stage_preset("tiny-stage2").replace(freeze_vision=True))
+    assert set(trainable_parameters(policy)) == language | head
     apply_freezing(policy, get_stage_preset("tiny-stage2").replace(llm="frozen"))
-    assert set(trainable_parameters(policy)) == head
+    assert set(trainable_parameters(policy)) == visual | head
 
 
 def test_lora_adapters_land_in_the_language_model_only_and_merge_for_export(tmp_path):
     policy = _tiny_policy()
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    tuner = apply_freezing(policy, get_stage_preset("tiny-stage2").replace(llm="lora"))
+    tuner = apply_freezing(
+        policy, get_stage_preset("tiny-stage2").replace(llm="lora", freeze_vision=True)
+    )
     lora = [n for n in trainable_parameters(policy) if ".lora_" in n]
     layers = policy.config.vlm.text["num_hidden_layers"]
     assert len(lora) == 2 * layers * len(QWEN2_LM_LINEARS)  # lora_A and lora_B per target

@@ -311,8 +311,12 @@ def count_parameters(config: ScaleDPConfig) -> int:
 # Sizes for the paper's 93M / 410M / 1B experts (counts with cond_dim 1536, chunk 50 and one
 # 14-D embodiment; see docs/scaledp.md). H is the released code's size; B and L are chosen here
 # because the released L (24 x 1024) is 463M, 13% over the paper's 410M.
+# The tiny-L and tiny-H sizes keep the paper's ratios (93M : 410M : 1B = 1 : 4.4 : 10.2) at CPU
+# scale for the expert-size ablation: 0.74M, 3.3M and 7.5M with the tiny VLM's cond_dim.
 SCALEDP_PRESETS: dict[str, ScaleDPConfig] = {
     "scaledp-tiny": ScaleDPConfig(depth=2, width=128, heads=4),
+    "scaledp-tiny-l": ScaleDPConfig(depth=5, width=184, heads=8),
+    "scaledp-tiny-h": ScaleDPConfig(depth=6, width=256, heads=8),
     "scaledp-b": ScaleDPConfig(depth=12, width=640, heads=10),
     "scaledp-l": ScaleDPConfig(depth=28, width=896, heads=14),
     "scaledp-h": ScaleDPConfig(depth=32, width=1280, heads=16),

@@ -69,11 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--lora-alpha", type=int)
     parser.add_argument("--lora-dropout", type=float)
     parser.add_argument(
-        "--no-freeze-vision",
-        dest="freeze_vision",
-        action="store_false",
+        "--freeze-vision",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="train the vision tower too (the paper freezes it)",
+        help="freeze the vision tower (the paper's choice and the 2b presets'; the tiny "
+        "presets train it, as their vision tower starts from random weights)",
     )
     parser.add_argument("--data-weights", type=_floats, help="one weight per dataset: w1,w2")
     parser.add_argument("--embodiments", help="expert heads, comma-separated (default: preset's)")

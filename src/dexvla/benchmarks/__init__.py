@@ -1,0 +1,1 @@
+"""Benchmark suites and ablations: `dexvla benchmark NAME` (docs/benchmarks.md)."""

@@ -309,8 +309,8 @@ def markdown(suite: Suite, data: dict[str, Any]) -> str:
         suite.description[0].upper() + suite.description[1:] + ".",
         "",
         f"- command: `{data['command']}`",
-        f"- date: {data['date']}; git revision: `{data['git']}`",
-        f"- machine: {data['machine']}",
+        f"- started {data['date']}, finished {data['finished']}; git revision `{data['git']}`",
+        f"- machine: {', '.join(f'{k} {v}' for k, v in data['machine'].items())}",
         f"- size `{size['name']}`: {size['episodes']} demonstrations per task, "
         f"{size['image_size']} px cameras, training steps {size['steps'][0]} / "
         f"{size['steps'][1]} / {size['steps'][2]} at batch {size['batch_size']}, "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dexvla.data.atomic import atomic_write_bytes
 from dexvla.pipeline import (
+    CI_SIZE,
     Command,
     Pipeline,
     RunSize,
@@ -29,19 +30,7 @@ EVAL_TASK = "aloha-transfer-cube"
 
 
 SIZES: dict[str, RunSize] = {
-    "ci": RunSize(
-        name="ci",
-        episodes=2,
-        pretrain_tasks=("sawyer-reach",),
-        pretrain_episodes=2,
-        image_size=56,
-        steps=(4, 4, 4),
-        batch_size=2,
-        eval_episodes=1,
-        eval_max_steps=32,
-        workers=1,
-        description="the smallest run that exercises every step (CI)",
-    ),
+    "ci": CI_SIZE,
     "cpu": RunSize(
         name="cpu",
         episodes=40,

@@ -48,6 +48,21 @@ class RunSize:
             raise ValueError(f"steps must be three positive numbers, got {self.steps}")
 
 
+CI_SIZE = RunSize(
+    name="ci",
+    episodes=2,
+    pretrain_tasks=("sawyer-reach",),
+    pretrain_episodes=2,
+    image_size=56,
+    steps=(4, 4, 4),
+    batch_size=2,
+    eval_episodes=1,
+    eval_max_steps=32,
+    workers=1,
+    description="the smallest run that exercises every step (CI)",
+)
+
+
 def add_size_arguments(
     parser: argparse.ArgumentParser, sizes: dict[str, RunSize], default: str
 ) -> None:

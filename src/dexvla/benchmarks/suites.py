@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dexvla.pipeline import RunSize
+from dexvla.pipeline import CI_SIZE, RunSize
 
 
 @dataclass(frozen=True)
@@ -133,19 +133,7 @@ SUITES: dict[str, Suite] = {
 }
 
 BENCH_SIZES: dict[str, RunSize] = {
-    "ci": RunSize(
-        name="ci",
-        episodes=2,
-        pretrain_tasks=("sawyer-reach",),
-        pretrain_episodes=2,
-        image_size=56,
-        steps=(4, 4, 4),
-        batch_size=2,
-        eval_episodes=1,
-        eval_max_steps=24,
-        workers=1,
-        description="the smallest run that exercises every step (CI)",
-    ),
+    "ci": CI_SIZE,
     "cpu": RunSize(
         name="cpu",
         episodes=50,
@@ -179,9 +167,3 @@ def get_suite(name: str) -> Suite:
     if name not in SUITES:
         raise KeyError(f"unknown benchmark suite {name!r}; known: {', '.join(SUITES)}")
     return SUITES[name]
-
-
-def get_size(name: str) -> RunSize:
-    if name not in BENCH_SIZES:
-        raise KeyError(f"unknown benchmark size {name!r}; known: {', '.join(BENCH_SIZES)}")
-    return BENCH_SIZES[name]

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -455,20 +456,40 @@ def load_state_dict_strict(model: nn.Module, path: Path) -> None:
         for key, group in _tie_groups(model).items()
         if key not in state and not any(alias in state for alias in group)
     ]
+    check_state_dict(f"checkpoint {path}", state, expected, missing, unexpected)
+    model.load_state_dict(state, strict=False)
+
+
+def check_state_dict(
+    subject: str,
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    missing: list[str],
+    unexpected: list[str],
+    prefix: str = "",
+) -> None:
+    """Refuse weights with missing or unexpected keys, then with tensors of the wrong shape.
+
+    The error names `subject` and lists up to 20 keys of each kind; `prefix` is prepended to
+    the names of `state` in the shape errors.
+    """
+
+    def listed(keys: list[str]) -> str:
+        keys = sorted(keys)
+        return f"{keys[:20]}{' ...' if len(keys) > 20 else ''}"
+
     if missing or unexpected:
         raise ValueError(
-            f"checkpoint {path} does not match the model: missing keys {sorted(missing)[:20]}"
-            f"{' ...' if len(missing) > 20 else ''}, unexpected keys {unexpected[:20]}"
-            f"{' ...' if len(unexpected) > 20 else ''}"
+            f"{subject} does not match the model: missing keys {listed(missing)}, "
+            f"unexpected keys {listed(unexpected)}"
         )
     mismatched = [
-        f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        f"{prefix}{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
         for key, value in state.items()
         if value.shape != expected[key].shape
     ]
     if mismatched:
-        raise ValueError(f"checkpoint {path} has tensors of the wrong shape: {mismatched[:20]}")
-    model.load_state_dict(state, strict=False)
+        raise ValueError(f"{subject} has tensors of the wrong shape: {mismatched[:20]}")
 
 
 def _tie_groups(model: nn.Module) -> dict[str, list[str]]:

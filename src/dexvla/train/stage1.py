@@ -37,6 +37,7 @@ from dexvla.model.policy import (
     DexVLAPolicy,
     PolicyConfig,
     _replace_directory,
+    check_state_dict,
 )
 from dexvla.model.scaledp import ScaleDP
 from dexvla.model.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean
@@ -237,20 +238,16 @@ def map_stage1_state(
         else:
             unexpected.append(key)
     target = expert.state_dict()
-    unexpected += [EXPERT_PREFIX + k for k in sorted(set(mapped) - set(target))]
-    missing = [EXPERT_PREFIX + k for k in sorted(set(target) - set(mapped))]
-    if missing or unexpected:
-        raise ValueError(
-            f"stage-1 weights do not fit this policy's expert: missing keys {missing[:20]}, "
-            f"unexpected keys {sorted(unexpected)[:20]}"
-        )
-    wrong = [
-        f"{EXPERT_PREFIX}{k}: checkpoint {tuple(v.shape)} vs policy {tuple(target[k].shape)}"
-        for k, v in mapped.items()
-        if v.shape != target[k].shape
-    ]
-    if wrong:
-        raise ValueError(f"stage-1 expert has tensors of the wrong shape: {wrong[:20]}")
+    unexpected += [EXPERT_PREFIX + key for key in set(mapped) - set(target)]
+    missing = [EXPERT_PREFIX + key for key in set(target) - set(mapped)]
+    check_state_dict(
+        "stage-1 weights for this policy's expert",
+        mapped,
+        target,
+        missing,
+        unexpected,
+        prefix=EXPERT_PREFIX,
+    )
     return mapped, dropped
 
 

@@ -16,6 +16,18 @@ instruction. The templates use the same wording as the project's scripted ALOHA 
 (`dexvla.sim.aloha`), so agreement is measured by exact string match. For the bimanual grammar
 the right arm is taken to hold the inserted object and the left the receptacle ("insert the X
 into the Y"), as in ALOHA insertion.
+
+Sawyer (MetaWorld) episodes are cut by reading the shipped scripted policies' commands back:
+each commands gain * (target - hand), with the target a fixed offset from the object while it
+approaches, so the xyz action gives the hand-to-object offset. The expert's own rules
+(`dexvla.sim.sawyer.SawyerScriptedExpert`) then apply to that estimate: move the hand until it
+is within 3 cm of the object in xy, lower it, grasp while the gripper closes (a fixed number of
+frames after the grip command turns on), then manipulate. Tasks whose approach command
+saturates (the offset cannot be read) raise a `ValueError` naming the task.
+
+Hand episodes (`dexvla.sim.hand`) are cut at the finger closing and opening runs (the mean
+finger command) and at the wrist's change of motion direction: the descent before the grasp is
+vertical, the carry horizontal, the placing descent vertical again.
 """
 
 from __future__ import annotations
@@ -73,9 +85,9 @@ class Run:
     end: int
 
 
-def gripper_runs(g: np.ndarray, sign: int) -> list[Run]:
-    """Runs where the gripper opens (sign=+1) or closes (sign=-1) by at least
-    `GRIPPER_MIN_CHANGE`; a run ends at the first frame the gripper holds still again."""
+def gripper_runs(g: np.ndarray, sign: int, min_change: float = GRIPPER_MIN_CHANGE) -> list[Run]:
+    """Runs where the gripper opens (sign=+1) or closes (sign=-1) by at least `min_change`;
+    a run ends at the first frame the gripper holds still again."""
     step = np.diff(g) * sign > GRIPPER_STEP
     runs, t = [], 0
     while t < len(step):
@@ -83,7 +95,7 @@ def gripper_runs(g: np.ndarray, sign: int) -> list[Run]:
             end = t
             while end < len(step) and step[end]:
                 end += 1
-            if abs(g[end] - g[t]) >= GRIPPER_MIN_CHANGE:
+            if abs(g[end] - g[t]) >= min_change:
                 runs.append(Run(t, end))
             t = end
         else:
@@ -220,7 +232,171 @@ def _bimanual(arms: dict, length: int, *, left_obj: str, right_obj: str) -> list
     return _fill(length, cuts)
 
 
-ANNOTATORS = {"aloha": annotate_aloha}
+@dataclass(frozen=True)
+class SawyerCommand:
+    """How a MetaWorld scripted policy (`metaworld.policies`) commands the hand to the object.
+
+    The xyz action is `gain` * (target - hand), clipped to [-1, 1]. The target is the object
+    plus `aim` once the policy descends, which it does once its xy error (command / gain) is
+    within `descend_xy`; before that it hovers `hover` above the object. `close_frames`: frames
+    from the grip command turning on until the expert sees the fingers closed (None: no grasp).
+    """
+
+    gain: float
+    aim: tuple[float, float, float]
+    hover: float
+    descend_xy: float
+    close_frames: int | None
+
+
+SAWYER_COMMANDS = {
+    "pick-place": SawyerCommand(10.0, (-0.005, 0.0, 0.03), 0.1, 0.02, 8),
+    "push": SawyerCommand(10.0, (-0.005, 0.0, 0.03), 0.2, 0.02, 10),
+    "drawer-open": SawyerCommand(4.0, (0.0, 0.0, -0.02), 0.28, 0.06, None),
+}
+SAWYER_UNREADABLE = {
+    "button-press": "its y command stays saturated until the press",
+    "window-open": "its z command stays saturated until the grasp",
+}
+SAWYER_OVER_XY = 0.03  # the expert's "over the object" xy distance
+SAWYER_GRASP_RADIUS = 0.05  # the expert grasps within this hand-object distance
+
+HAND = {
+    "reach": "move the hand above the {obj}",
+    "lower": "lower the hand around the {obj}",
+    "close": "close the fingers on the {obj}",
+    "lift": "lift the {obj}",
+    "carry": "carry the {obj} over the {target}",
+    "place": "lower the {obj} onto the pad",
+    "open": "open the hand",
+    "away": "lift the hand away",
+}
+# hand action layout (18-D): 0-2 wrist xyz, 3-5 wrist rotation, 6-17 finger joints
+HAND_WRIST_XY, HAND_WRIST_Z, HAND_FINGERS = slice(0, 2), 2, slice(6, 18)
+HAND_VERTICAL = 0.1  # a descent is vertical while its xy speed is at most this share of z
+HAND_MIN_CHANGE = 0.05  # mean finger joint change (rad) of a closing or opening run
+
+
+def _sawyer_task(task: str) -> tuple[str, str | None, str, float]:
+    """(MetaWorld name, noun, manipulate text, contact radius) of the registered Sawyer task
+    whose instruction is `task`; ValueError, naming the task, if its sub-steps are not
+    readable from its actions."""
+    from dexvla.sim.registry import TASKS
+    from dexvla.sim.tasks import SAWYER_FEATURED, SAWYER_NAMED
+
+    wording = {
+        spec[0]: (name, *spec[1:]) for name, spec in (SAWYER_FEATURED | SAWYER_NAMED).items()
+    }
+    if task in wording:
+        mw_name, noun, manipulate, radius = wording[task]
+        if noun is None or mw_name in SAWYER_COMMANDS:
+            return mw_name, noun, manipulate, radius
+    else:
+        mw_name = task.strip().replace(" ", "-")
+    name = f"sawyer-{mw_name}"
+    if name in TASKS and TASKS[name].instruction == task:
+        why = SAWYER_UNREADABLE.get(mw_name, "its scripted policy's commands are not modelled")
+    else:
+        name, why = "an unregistered Sawyer task", "no registered task has this instruction"
+    readable = ", ".join(f"sawyer-{n}" for n in sorted([*SAWYER_COMMANDS, "reach"]))
+    raise ValueError(f"no sub-step annotation for {name} ({task!r}): {why}; supported: {readable}")
+
+
+def annotate_sawyer(action: np.ndarray, task: str) -> list[str]:
+    """Per-frame sub-step text for one MetaWorld Sawyer episode's (T, 4) actions."""
+    if action.ndim != 2 or action.shape[1] != 4:
+        raise ValueError(f"annotate_sawyer: expected (T, 4) actions, got {action.shape}")
+    mw_name, noun, manipulate, radius = _sawyer_task(task)
+    if noun is None:  # no object (reach): the expert has one sub-step
+        return [manipulate] * len(action)
+    command = SAWYER_COMMANDS[mw_name]
+    step = action[:, :3].astype(np.float64) / command.gain
+    offset = step - np.asarray(command.aim)  # object - hand
+    hovering = np.linalg.norm(step[:, :2], axis=1) > command.descend_xy
+    offset[hovering, 2] = step[hovering, 2] - command.hover
+    grab = action[:, 3] > 0
+    labels: list[str] = []
+    onset, grasping, engaged = 0, False, False
+    for t in range(len(action)):
+        if grab[t] and (t == 0 or not grab[t - 1]):
+            onset = t
+        distance = float(np.linalg.norm(offset[t]))
+        can_grasp = command.close_frames is not None and grab[t] and not engaged
+        if can_grasp and (grasping or distance < SAWYER_GRASP_RADIUS):
+            grasping = True
+            engaged = t >= onset + command.close_frames
+            labels.append(f"grasp the {noun}")
+        elif engaged or distance < radius:
+            engaged = True
+            labels.append(manipulate)
+        elif np.linalg.norm(offset[t, :2]) > SAWYER_OVER_XY:
+            labels.append(f"move the hand to the {noun}")
+        else:
+            labels.append(f"lower the hand to the {noun}")
+    return labels
+
+
+def _hand_nouns(task: str) -> tuple[str, str]:
+    """(object, target) phrases of a "pick up the X and place it on the Y" instruction."""
+    match = re.search(r"pick up the (.+?) and place it on the (.+?)\.?$", task.strip())
+    if match:
+        return match.group(1), match.group(2)
+    obj = objects_from_task(task)[0]
+    return obj, "pad"
+
+
+def annotate_hand(action: np.ndarray, task: str) -> list[str]:
+    """Per-frame sub-step text for one dexterous-hand episode's (T, 18) actions.
+
+    A phase starts at the first frame whose command moves the new way (`np.diff` puts frame
+    t's motion at t - 1, hence the +1 on run bounds and the velocities' index).
+    """
+    if action.ndim != 2 or action.shape[1] != 18:
+        raise ValueError(f"annotate_hand: expected (T, 18) actions, got {action.shape}")
+    obj, target = _hand_nouns(task)
+    text = {key: template.format(obj=obj, target=target) for key, template in HAND.items()}
+    length = len(action)
+    fingers = action[:, HAND_FINGERS].astype(np.float64).mean(axis=1)
+    closing = gripper_runs(fingers, +1, HAND_MIN_CHANGE)
+    opening = gripper_runs(fingers, -1, HAND_MIN_CHANGE)
+    velocity = np.zeros((length, 3))
+    velocity[1:] = np.diff(action[:, :3].astype(np.float64), axis=0)
+    horizontal = np.linalg.norm(velocity[:, HAND_WRIST_XY], axis=1)
+    vertical = velocity[:, HAND_WRIST_Z]
+    # the vertical descent that ends where the fingers start closing (or the wrist stops)
+    if closing:
+        descent_end = closing[0].start + 1
+    else:
+        moving = np.nonzero(horizontal + np.abs(vertical))[0]
+        descent_end = int(moving[-1]) + 1 if len(moving) else 0
+    lower_at = descent_end
+    while (
+        lower_at > 1
+        and vertical[lower_at - 1] < 0
+        and horizontal[lower_at - 1] <= HAND_VERTICAL * abs(vertical[lower_at - 1])
+    ):
+        lower_at -= 1
+    cuts = [(0, text["reach"])]
+    if lower_at < descent_end:
+        cuts.append((lower_at, text["lower"]))
+    if not closing:
+        return _fill(length, cuts)
+    close_at, closed_at = descent_end, closing[0].end + 1
+    cuts += [(close_at, text["close"]), (closed_at, text["lift"])]
+    carry = np.nonzero(horizontal[closed_at:] > np.abs(vertical[closed_at:]))[0]
+    if len(carry):
+        carry_at = closed_at + int(carry[0])
+        cuts.append((carry_at, text["carry"]))
+        place = np.nonzero(-vertical[carry_at:] > horizontal[carry_at:])[0]
+        if len(place):
+            cuts.append((carry_at + int(place[0]), text["place"]))
+    release = next((run for run in opening if run.start >= closed_at - 1), None)
+    if release is not None:
+        cuts += [(release.start + 1, text["open"]), (release.end + 1, text["away"])]
+    return _fill(length, cuts)
+
+
+ANNOTATORS = {"aloha": annotate_aloha, "sawyer": annotate_sawyer, "hand": annotate_hand}
 
 
 def annotate_episode(embodiment: str, action: np.ndarray, task: str) -> list[str]:
@@ -286,9 +462,13 @@ def annotate_dataset(
 
 def evaluate_on_sim(task_name: str, seeds: Sequence[int], *, image_size: int = 16) -> dict:
     """Collect scripted demonstrations with `dexvla.sim` and score the annotator against the
-    expert's ground-truth sub-steps (frame-level exact match)."""
-    from dexvla.sim import collect_episode
+    expert's ground-truth sub-steps (frame-level exact match). A Sawyer task whose sub-steps
+    cannot be read from its actions fails before any rollout."""
+    from dexvla.sim import collect_episode, get_task
 
+    spec = get_task(task_name)
+    if spec.embodiment == "sawyer":
+        _sawyer_task(spec.instruction)
     scores = []
     for seed in seeds:
         episode = collect_episode(task_name, seed, image_size=image_size)

@@ -107,11 +107,14 @@ def test_aggregate_uses_seed_spread_with_several_seeds_and_wilson_with_one():
     ]
     row = aggregate("t", "a", summaries)
     assert row["success_mean"] == pytest.approx(0.4)
-    assert row["ci_method"] == "t over seeds"
+    assert row["ci_method"].startswith("t over seeds")
     assert row["ci95"][0] == 0.0 and row["ci95"][1] == pytest.approx(1.0)  # wide: 2 seeds
     one = aggregate("t", "a", summaries[:1])
     assert one["ci_method"] == "Wilson over episodes"
     assert 0.0 < one["ci95"][0] < 0.2 < one["ci95"][1] < 0.6
+    zeros = [{**summaries[0], "successes": 0, "success_rate": 0.0}] * 2
+    low, high = aggregate("t", "a", zeros)["ci95"]
+    assert low == 0.0 and 0.1 < high < 0.2  # agreeing seeds: the Wilson floor over 20 episodes
 
 
 def test_bad_arms_and_arguments_are_refused(tmp_path, capsys):

@@ -231,19 +231,20 @@ class SuiteRun:
 def aggregate(task: str, arm: str, summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean success over seeds with a 95% interval, and the reward stages reached.
 
-    With two or more seeds the interval is Student's t over the per-seed success rates (the
-    seed-to-seed spread); with one seed it is the Wilson interval over its episodes.
+    The Wilson interval over all episodes is the floor; with two or more seeds the interval
+    also covers Student's t over the per-seed rates (the seed-to-seed spread), so seeds that
+    happen to agree (e.g. all 0/20) never give a zero-width interval.
     """
     rates = np.array([s["success_rate"] for s in summaries], dtype=np.float64)
     episodes = sum(s["episodes"] for s in summaries)
     successes = sum(s["successes"] for s in summaries)
+    (low, high), method = wilson_interval(successes, episodes), "Wilson over episodes"
     if len(rates) >= 2:
         from scipy import stats
 
         half = stats.t.ppf(0.975, len(rates) - 1) * rates.std(ddof=1) / math.sqrt(len(rates))
-        low, high, method = rates.mean() - half, rates.mean() + half, "t over seeds"
-    else:
-        (low, high), method = wilson_interval(successes, episodes), "Wilson over episodes"
+        low, high = min(low, rates.mean() - half), max(high, rates.mean() + half)
+        method = "t over seeds, at least Wilson"
     stage_names: dict[str, str] = {}
     fractions: dict[str, list[float]] = {}
     for summary in summaries:

@@ -21,6 +21,7 @@ def _temp_path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(handle)
+    os.chmod(name, 0o644)  # mkstemp's 0600 would make shared results unreadable to others
     return Path(name)
 
 

@@ -341,7 +341,8 @@ def markdown(suite: Suite, data: dict[str, Any]) -> str:
 
 
 def plot_results(suite: Suite, rows: list[dict[str, Any]], path: Path) -> None:
-    """Success (bars, 95% interval, one dot per seed) and mean reward stage, per task."""
+    """Per task: success (bars, 95% interval, one dot per seed, the reference as a line) on
+    top, and below it the share of episodes reaching each reward stage (partial progress)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -350,27 +351,32 @@ def plot_results(suite: Suite, rows: list[dict[str, Any]], path: Path) -> None:
     tasks = [task for task in suite.tasks if any(r["task"] == task for r in rows)]
     if not tasks:
         return
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 7), squeeze=False)
+    for column, task in enumerate(tasks):
+        top, bottom = axes[0][column], axes[1][column]
         task_rows = [r for r in rows if r["task"] == task]
         x = np.arange(len(task_rows))
         means = [r["success_mean"] for r in task_rows]
-        errors = np.array(
-            [
-                [r["success_mean"] - r["ci95"][0], r["ci95"][1] - r["success_mean"]]
-                for r in task_rows
-            ]
-        ).T
-        ax.bar(x, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.7, label="success")
+        low = [r["success_mean"] - r["ci95"][0] for r in task_rows]
+        high = [r["ci95"][1] - r["success_mean"] for r in task_rows]
+        top.bar(x, means, yerr=[low, high], capsize=4, color="tab:blue", alpha=0.7)
         for i, row in enumerate(task_rows):
-            ax.scatter([i] * len(row["success_per_seed"]), row["success_per_seed"], color="k", s=8)
+            top.scatter([i] * len(row["success_per_seed"]), row["success_per_seed"], c="k", s=8)
         if task in suite.reference:
-            ax.axhline(suite.reference[task], color="tab:red", ls="--", label=suite.reference_name)
-        ax.set_xticks(x, [r["arm"] for r in task_rows], rotation=20, ha="right", fontsize=7)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(task)
-        ax.set_ylabel("success rate")
-        ax.legend(fontsize=7)
+            top.axhline(suite.reference[task], color="tab:red", ls="--", label=suite.reference_name)
+            top.legend(fontsize=7)
+        top.set_title(task)
+        top.set_ylabel("success rate (95% interval)")
+        stages = list(dict.fromkeys(name for r in task_rows for name in r["stage_reached"]))
+        width = 0.8 / max(1, len(stages))
+        for k, stage in enumerate(stages):
+            values = [r["stage_reached"].get(stage, 0.0) for r in task_rows]
+            bottom.bar(x - 0.4 + width * (k + 0.5), values, width, label=stage)
+        bottom.set_ylabel("episodes reaching the stage")
+        bottom.legend(fontsize=7)
+        for ax in (top, bottom):
+            ax.set_ylim(0, 1.05)
+            ax.set_xticks(x, [r["arm"] for r in task_rows], rotation=20, ha="right", fontsize=7)
     fig.suptitle(suite.name)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))

@@ -142,15 +142,26 @@ def test_a_failing_step_stops_the_suite_before_later_steps(tmp_path):
     assert not (tmp_path / "ablate-stage1" / "results.json").exists()
 
 
+@pytest.fixture(scope="module")
+def shared_out(tmp_path_factory):
+    """One work directory for every suite, as a user's: identical runs are trained once."""
+    return tmp_path_factory.mktemp("benchmarks")
+
+
 @pytest.mark.slow
-def test_ablate_stage1_end_to_end_at_ci_size(tmp_path):
-    argv = ["benchmark", "ablate-stage1", "--size", "ci", "--seeds", "1", "--out", str(tmp_path)]
+@pytest.mark.parametrize("name", list(SUITES))
+def test_every_suite_end_to_end_at_ci_size(shared_out, name, capsys):
+    suite = get_suite(name)
+    argv = ["benchmark", name, "--size", "ci", "--seeds", "1", "--out", str(shared_out)]
     assert main(argv) == 0
-    data = json.loads((tmp_path / "ablate-stage1" / "results.json").read_text())
-    assert data["command"].startswith("dexvla ") and data["machine"]["cpus"] >= 1
-    rows = {row["arm"]: row for row in data["rows"]}
-    assert rows[SCRIPTED]["episodes"] == BENCH_SIZES["ci"].eval_episodes
-    for arm in get_suite("ablate-stage1").arms:
-        assert rows[arm.name]["episodes"] == BENCH_SIZES["ci"].eval_episodes
-    assert list(tmp_path.glob("runs/stage1/*/seed0/final/model.safetensors"))
-    assert main(argv) == 0  # resumes: everything is done
+    data = json.loads((shared_out / name / "results.json").read_text())
+    assert data["command"] == "dexvla " + " ".join(argv) and data["machine"]["cpus"] >= 1
+    rows = {(row["task"], row["arm"]): row for row in data["rows"]}
+    for task in suite.tasks:
+        for arm in (SCRIPTED, *(arm.name for arm in suite.arms)):
+            assert rows[task, arm]["episodes"] == BENCH_SIZES["ci"].eval_episodes
+    if any(1 in arm.stages for arm in suite.arms):
+        assert list(shared_out.glob("runs/stage1/*/seed0/final/model.safetensors"))
+    capsys.readouterr()
+    assert main(argv) == 0  # resumes: every step is done
+    assert "dexvla train" not in capsys.readouterr().out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from dexvla.pipeline import StepFailed, add_size_arguments, size_from_args
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         return 0 if args.list else 2
     suite = get_suite(args.name)
     size = size_from_args(BENCH_SIZES, args)
-    runner = SuiteRun(suite, size, args.seeds, Path(args.out), argv=sys.argv[1:])
+    runner = SuiteRun(suite, size, args.seeds, Path(args.out), argv=args.argv)
     try:
         path = runner.run()
     except StepFailed as error:

@@ -118,7 +118,7 @@ def test_crash_mid_episode_keeps_earlier_episodes(tmp_path, make_episode, monkey
     assert data.num_episodes == 1
     assert_same_episode(data.episode(0), first)
     resumed = LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50)
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob("*.tmp*"))
     assert sorted(p.name for p in (tmp_path / "data").rglob("*.parquet")) == ["file-000.parquet"]
     assert resumed.add_episode(make_episode(2)) == 1
     assert LeRobotV3Dataset(tmp_path).episode(1).seed == 2

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from dexvla.benchmarks.suites import Arm, Suite
-from dexvla.data.atomic import atomic_write_bytes
-from dexvla.eval.report import atomic_write, wilson_interval, write_json
+from dexvla.data.atomic import atomic_write, atomic_write_bytes
+from dexvla.eval.report import wilson_interval, write_json
 from dexvla.pipeline import Command, Pipeline, RunSize
 
 SCRIPTED = "scripted expert (ceiling)"
@@ -143,7 +143,7 @@ class SuiteRun:
         options = [*size.train_options, "--embodiments", get_task(task).embodiment]
         if not arm.reasoning:
             options.append("--no-reasoning")
-        for stage in arm.stages[1 if 1 in arm.stages else 0 :]:
+        for stage in (stage for stage in arm.stages if stage != 1):
             init = self.pipeline.train(
                 stage,
                 [target],
@@ -379,5 +379,5 @@ def plot_results(suite: Suite, rows: list[dict[str, Any]], path: Path) -> None:
             ax.set_xticks(x, [r["arm"] for r in task_rows], rotation=20, ha="right", fontsize=7)
     fig.suptitle(suite.name)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

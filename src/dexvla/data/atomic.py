@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,9 @@ TMP_SUFFIX = ".tmp"
 
 def _temp_path(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    # The target's suffix stays last, for writers that pick a format from the name (ffmpeg).
+    suffix = TMP_SUFFIX + path.suffix
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     os.chmod(name, 0o644)  # mkstemp's 0600 would make shared results unreadable to others
     return Path(name)
@@ -31,14 +34,19 @@ def _commit(temp: Path, path: Path) -> None:
     os.replace(temp, path)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(temp)` on a temporary file next to `path`, then rename it over `path`."""
     temp = _temp_path(path)
     try:
-        temp.write_bytes(data)
+        write(temp)
         _commit(temp, path)
     finally:
         temp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    atomic_write(path, lambda temp: temp.write_bytes(data))
 
 
 def atomic_write_json(path: Path, value: Any) -> None:
@@ -48,17 +56,12 @@ def atomic_write_json(path: Path, value: Any) -> None:
 
 def atomic_write_parquet(path: Path, table: pa.Table, **kwargs: Any) -> None:
     """Write a pyarrow table to `path` atomically (kwargs go to `pq.write_table`)."""
-    temp = _temp_path(path)
-    try:
-        pq.write_table(table, temp, **kwargs)
-        _commit(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+    atomic_write(path, lambda temp: pq.write_table(table, temp, **kwargs))
 
 
 def remove_stale_temps(root: Path) -> list[Path]:
     """Delete temporary files a crashed writer left under `root`; return what was removed."""
-    removed = [p for p in root.rglob(f".*{TMP_SUFFIX}") if p.is_file()]
+    removed = [p for p in root.rglob(f".*{TMP_SUFFIX}*") if p.is_file()]
     for path in removed:
         path.unlink(missing_ok=True)
     return removed

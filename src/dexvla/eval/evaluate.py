@@ -24,6 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from dexvla.data.atomic import atomic_write
 from dexvla.eval import DEFAULT_EVAL_SEED, report
 from dexvla.eval.rollout import RuntimePolicy, ScriptedPolicy, run_episode
 
@@ -217,7 +218,7 @@ def load_records(out: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     if len(good) != len(text.splitlines()) or (text and not text.endswith("\n")):
-        report.atomic_write(path, lambda tmp: tmp.write_text("".join(g + "\n" for g in good)))
+        atomic_write(path, lambda tmp: tmp.write_text("".join(g + "\n" for g in good)))
     return records
 
 

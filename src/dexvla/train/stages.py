@@ -173,7 +173,7 @@ class StageConfig:
 
 def _tiny(stage: int, **options: Any) -> StageConfig:
     """The tiny presets train the vision tower: frozen, its random weights would hide the cube
-    (measured: 0/10 touched frozen, 2/10 touched and lifted trained; docs/training.md)."""
+    (measured: 0/10 touched frozen, 2/10 touched and lifted trained; docs/evaluation.md)."""
     train = options.pop("train", None) or TrainConfig(
         steps=200, batch_size=8, lr=1e-4, save_every=100, log_every=10
     )

@@ -49,6 +49,24 @@ def test_language_loss_weight_is_applied(policy):
     assert loss.item() == pytest.approx(metrics["action_loss"], rel=1e-6)
 
 
+def test_noise_samples_run_the_expert_on_every_draw_and_keep_padding_masked(policy):
+    policy.config = policy.config.replace(noise_samples=3)
+    seen = []
+    hook = policy.expert.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    batch = make_batch(batch_size=2)
+    batch["action_is_pad"][:, 30:] = True
+    torch.manual_seed(7)
+    _, before = policy(batch)
+    hook.remove()
+    assert seen == [6]  # one expert pass on the 2 observations x 3 draws
+    batch["action"][:, 30:] = 123.0
+    torch.manual_seed(7)
+    _, after = policy(batch)
+    assert after["action_loss"] == pytest.approx(before["action_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="noise_samples"):
+        policy.config.replace(noise_samples=0)
+
+
 def test_predict_action_chunk_single_and_batched(policy):
     policy.eval()
     obs = make_observation()

@@ -23,6 +23,7 @@ from dexvla.train import (
 )
 from dexvla.train import checkpoint as checkpoint_module
 from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE, load_tensors, save_tensors
+from dexvla.train.loop import EMA
 
 
 def fast_config(**overrides) -> TrainConfig:
@@ -276,3 +277,17 @@ def test_resume_with_other_trainable_parameters_is_refused(tmp_path: Path) -> No
     model.net[0].requires_grad_(False)
     with pytest.raises(ValueError, match="other trainable parameters"):
         Trainer(model, ToyDataset(), fast_config(steps=4), tmp_path, resume=True).train()
+
+
+def test_ema_warms_up_then_holds_its_decay() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    ema = EMA(model, decay=0.9)
+    expected = model.weight.detach().clone()
+    for step in range(1, 31):
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        ema.update(model, step)
+        decay = min(0.9, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * model.weight.detach()
+    torch.testing.assert_close(ema.state_dict()["weight"], expected)
+    assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(1000) == 0.9

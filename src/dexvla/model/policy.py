@@ -64,7 +64,9 @@ class PolicyConfig:
     The embodiments the policy serves are the expert's (`expert.embodiments`, one output head
     each). `n_action_steps` is how many actions of each chunk `select_action` executes.
     `use_reasoning=False` is the ablation without sub-step reasoning: the VLM is trained on the
-    answer `Next action:` alone and the fusion sees no reasoning tokens.
+    answer `Next action:` alone and the fusion sees no reasoning tokens. `noise_samples` is how
+    many (noise, timestep) draws the training loss averages per observation: the VLM runs once
+    and only the expert, a small part of a step's cost, runs on every draw.
     """
 
     name: str
@@ -74,6 +76,7 @@ class PolicyConfig:
     n_action_steps: int = 16
     llm_loss_weight: float = 1.0
     use_reasoning: bool = True
+    noise_samples: int = 1
 
     def __post_init__(self) -> None:
         for name in self.expert.embodiments:
@@ -91,6 +94,8 @@ class PolicyConfig:
             )
         if self.llm_loss_weight < 0:
             raise ValueError(f"llm_loss_weight must be >= 0, got {self.llm_loss_weight}")
+        if not isinstance(self.noise_samples, int) or self.noise_samples < 1:
+            raise ValueError(f"noise_samples must be an int >= 1, got {self.noise_samples!r}")
 
     @property
     def embodiments(self) -> tuple[str, ...]:
@@ -109,6 +114,7 @@ class PolicyConfig:
             "n_action_steps": self.n_action_steps,
             "llm_loss_weight": self.llm_loss_weight,
             "use_reasoning": self.use_reasoning,
+            "noise_samples": self.noise_samples,
         }
 
     @classmethod
@@ -253,10 +259,14 @@ class DexVLAPolicy(nn.Module):
         reasoning = masked_mean(hidden, encoded.reasoning_mask.to(self.device))
         cond = self.fusion(prompt, reasoning).to(self.dtype)  # (B, C)
 
+        # K noise draws per observation: the expert's batch is the batch repeated K times.
+        k = self.config.noise_samples
+        cond, state = cond.repeat(k, 1), state.repeat(k, 1)  # (K*B, C), (K*B, S)
+
         def denoise(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
             return self.expert(noisy.to(self.dtype), timesteps, cond, state, embodiment)
 
-        action_loss = self.diffusion.loss(denoise, actions, is_pad)
+        action_loss = self.diffusion.loss(denoise, actions.repeat(k, 1, 1), is_pad.repeat(k, 1))
         loss = action_loss + self.config.llm_loss_weight * language_loss
         metrics = {
             "loss": float(loss.detach()),

@@ -80,6 +80,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=_size, help="camera size HxW fed to Qwen2-VL")
     parser.add_argument("--llm-loss-weight", type=float)
     parser.add_argument(
+        "--noise-samples",
+        type=int,
+        help="diffusion noise draws per observation in the loss (the VLM runs once for all)",
+    )
+    parser.add_argument(
         "--no-reasoning",
         dest="use_reasoning",
         action="store_false",
@@ -94,7 +99,7 @@ OVERRIDES = (
     "steps", "batch_size", "grad_accum", "lr", "warmup_steps", "schedule", "save_every",
     "keep_last", "log_every", "num_workers", "ema", "precision", "seed", "device", "strategy",
     "gradient_checkpointing", "llm", "lora_rank", "lora_alpha", "lora_dropout", "freeze_vision",
-    "data_weights", "image_size", "llm_loss_weight", "use_reasoning",
+    "data_weights", "image_size", "llm_loss_weight", "use_reasoning", "noise_samples",
 )  # fmt: skip
 
 

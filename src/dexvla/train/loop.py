@@ -102,6 +102,10 @@ def build_scheduler(
 class EMA:
     """Exponential moving average of a module's trainable parameters, kept in fp32.
 
+    The decay after optimiser step n is min(decay, (1 + n) / (10 + n)), as `diffusers`'
+    `EMAModel`: the average does not hold on to the random initial weights in short runs
+    (with a fixed 0.995, 30 steps leave 86% of the average at initialisation).
+
     Only trainable parameters are tracked (frozen ones never change), which matters when most
     of a 2B-parameter model is frozen; `torch.optim.swa_utils.AveragedModel` would copy all of
     it. Works on FSDP-sharded (DTensor) parameters shard by shard.
@@ -115,12 +119,17 @@ class EMA:
             if p.requires_grad
         }
 
+    def decay_at(self, step: int) -> float:
+        """The decay applied after optimiser step `step` (1-based)."""
+        return min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """shadow <- decay * shadow + (1 - decay) * param."""
+    def update(self, model: nn.Module, step: int) -> None:
+        """shadow <- decay * shadow + (1 - decay) * param, after optimiser step `step`."""
+        weight = 1.0 - self.decay_at(step)
         params = dict(model.named_parameters())
         for name, shadow in self.shadow.items():
-            shadow.lerp_(params[name].detach().float(), 1.0 - self.decay)
+            shadow.lerp_(params[name].detach().float(), weight)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full (unsharded) CPU tensors; a collective under FSDP."""
@@ -323,7 +332,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, self.step + 1)
         return loss, metric_sums, float(norm)
 
     def train(self) -> TrainResult:

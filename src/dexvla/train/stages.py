@@ -137,13 +137,15 @@ class StageConfig:
             vlm = dataclasses.replace(vlm, image_size=self.image_size)
         if self.embodiments is not None:
             expert = dataclasses.replace(expert, embodiments=expert_heads(self.embodiments))
-        return config.replace(
-            vlm=vlm,
-            expert=expert,
-            llm_loss_weight=self.llm_loss_weight,
-            use_reasoning=self.use_reasoning,
-            noise_samples=self.noise_samples,
-        )
+        return config.replace(vlm=vlm, expert=expert, **self.loss_options())
+
+    def loss_options(self) -> dict[str, Any]:
+        """The policy-config fields this stage sets (also applied to a stage-3 init)."""
+        return {
+            "llm_loss_weight": self.llm_loss_weight,
+            "use_reasoning": self.use_reasoning,
+            "noise_samples": self.noise_samples,
+        }
 
     def replace(self, **changes: Any) -> StageConfig:
         """A copy with fields replaced; `TrainConfig` fields may be given directly (`lr=...`)."""
@@ -174,22 +176,25 @@ class StageConfig:
         return cls(**data)
 
 
+TINY_TRAIN = TrainConfig(
+    steps=200,
+    batch_size=8,
+    lr=5e-4,
+    warmup_steps=100,
+    schedule="cosine",
+    ema=0.995,
+    save_every=100,
+    log_every=10,
+)
+
+
 def _tiny(stage: int, **options: Any) -> StageConfig:
     """The tiny presets train the vision tower: frozen, its random weights would hide the cube
     (measured: 0/10 touched frozen, 2/10 touched and lifted trained; docs/evaluation.md). They
     also use a higher learning rate, EMA and 4 noise draws per observation: in 1500 stage-2
     steps (about one pass over the demo's data), with the fixed demonstrations, they cut the
     action loss from 0.076 to 0.014 (docs/evaluation.md)."""
-    train = options.pop("train", None) or TrainConfig(
-        steps=200,
-        batch_size=8,
-        lr=5e-4,
-        warmup_steps=100,
-        schedule="cosine",
-        ema=0.995,
-        save_every=100,
-        log_every=10,
-    )
+    train = options.pop("train", None) or TINY_TRAIN
     return StageConfig(
         name=f"tiny-stage{stage}",
         stage=stage,
@@ -222,18 +227,7 @@ _PAPER = dict(
 STAGE_PRESETS: dict[str, StageConfig] = {
     "tiny-stage1": _tiny(1),
     "tiny-stage2": _tiny(2),
-    "tiny-stage3": _tiny(
-        3,
-        train=TrainConfig(
-            steps=200,
-            batch_size=8,
-            lr=1e-4,
-            schedule="cosine",
-            ema=0.995,
-            save_every=100,
-            log_every=10,
-        ),
-    ),
+    "tiny-stage3": _tiny(3, train=dataclasses.replace(TINY_TRAIN, lr=1e-4, warmup_steps=0)),
     "2b-stage1": _dexvla_2b(
         1,
         TrainConfig(
@@ -452,11 +446,7 @@ def build_model(
         if init is None:
             raise ValueError("stage 3 continues a stage-2 policy: pass --init <stage-2 out>/final")
         policy = DexVLAPolicy.from_pretrained(init)
-        policy.config = policy.config.replace(
-            llm_loss_weight=config.llm_loss_weight,
-            use_reasoning=config.use_reasoning,
-            noise_samples=config.noise_samples,
-        )
+        policy.config = policy.config.replace(**config.loss_options())
         missing = [e for e in data.embodiments if e not in policy.config.embodiments]
         if missing:
             raise ValueError(

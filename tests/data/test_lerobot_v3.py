@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import imageio.v3 as iio
@@ -277,3 +278,19 @@ def test_frame_missing_a_camera_is_reported(tmp_path, make_episode):
         data.image(0, 3, "cam_left_wrist")
     with pytest.raises(ValueError, match=r"file-000\.parquet: episode 0 frame 3"):
         data.episode(0)
+
+
+def test_camera_fovy_is_recorded_and_a_mismatch_refused(tmp_path, make_episode):
+    fovy = {"cam_high": 50.0, "cam_left_wrist": 75.0}
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(dataclasses.replace(make_episode(0), camera_fovy=fovy))
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert info["features"]["observation.images.cam_high"]["info"] == {"camera.fovy": 50.0}
+    assert "info" not in info["features"]["observation.images.cam_right_wrist"]
+    data = LeRobotV3Dataset(tmp_path)
+    assert data.camera_fovy == fovy and data.episode(0).camera_fovy == fovy
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        older = dataclasses.replace(make_episode(1), camera_fovy={**fovy, "cam_high": 78.0})
+        with pytest.raises(ValueError, match=r"at 78\.0 deg field of view vs dataset .* at 50\.0"):
+            writer.add_episode(older)
+    assert LeRobotV3Dataset(tmp_path).num_episodes == 1

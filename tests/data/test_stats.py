@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -83,3 +85,22 @@ def test_aggregate_matches_direct():
     direct = feature_stats(np.concatenate([a, b]))
     for stat in ("min", "max", "mean", "std"):
         np.testing.assert_allclose(combined[stat], direct[stat], atol=1e-9)
+
+
+def test_camera_fovy_travels_with_the_stats_and_conflicts_are_refused(tmp_path, make_episode):
+    wide = dataclasses.replace(make_episode(0), camera_fovy={"cam_high": 78.0})
+    narrow = dataclasses.replace(make_episode(1), camera_fovy={"cam_high": 50.0})
+    sawyer = make_episode(2, embodiment="sawyer")
+    stats = DatasetStats.from_episodes([narrow, sawyer])
+    assert stats.camera_fovy == {"aloha": {"cam_high": 50.0}}
+    stats.save(tmp_path / "stats.json")
+    assert DatasetStats.load(tmp_path / "stats.json").camera_fovy == stats.camera_fovy
+    with pytest.raises(ValueError, match=r"cam_high.*78 vs 50 degrees"):
+        DatasetStats.from_episodes([wide]).merge(stats)
+    with pytest.raises(ValueError, match="disagree on its field of view"):
+        DatasetStats.from_episodes([wide, narrow])
+    unrecorded = DatasetStats.from_episodes([make_episode(3)])
+    assert unrecorded.merge(stats).camera_fovy == stats.camera_fovy
+    fallback = DatasetStats.from_episodes([sawyer]).with_fallback(stats)
+    assert fallback.embodiments == ["aloha", "sawyer"]
+    assert fallback.camera_fovy == {"aloha": {"cam_high": 50.0}}

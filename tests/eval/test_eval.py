@@ -1,12 +1,21 @@
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
 
 from dexvla.cli import main
+from dexvla.data.stats import DatasetStats
 from dexvla.eval import DEFAULT_EVAL_SEED
-from dexvla.eval.evaluate import EPISODES_FILE, INFO_FILE, EvalConfig, evaluate, load_records
+from dexvla.eval.evaluate import (
+    EPISODES_FILE,
+    INFO_FILE,
+    EvalConfig,
+    check_cameras,
+    evaluate,
+    load_records,
+)
 from dexvla.eval.report import annotate_frame, summarize, wilson_interval
 
 TASK = "aloha-transfer-cube"
@@ -216,3 +225,18 @@ def test_worker_processes_give_the_same_episodes(tmp_path):
             b["total_reward"],
             b["timeline"],
         )
+
+
+def test_a_checkpoint_trained_at_another_field_of_view_is_refused(tmp_path, checkpoint):
+    trained = tmp_path / "wide"
+    shutil.copytree(checkpoint, trained)
+    stats = DatasetStats.load(trained / "stats.json")
+    stats.camera_fovy = {"aloha": {"cam_high": 78.0}}
+    stats.save(trained / "stats.json")
+    config = EvalConfig(task=TASK, episodes=1, out=tmp_path / "out", checkpoint=trained)
+    with pytest.raises(ValueError, match=r"'cam_high' at a 78 degree .* renders it at 50 degrees"):
+        evaluate(config)
+    check_cameras(checkpoint, TASK)  # no recorded field of view: nothing to compare
+    stats.camera_fovy = {"aloha": {"cam_high": 50.0}}
+    stats.save(trained / "stats.json")
+    check_cameras(trained, TASK)

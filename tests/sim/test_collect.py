@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import dexvla.sim as sim
 import dexvla.sim.collect as collect_mod
 from dexvla.cli import main
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset
@@ -26,6 +27,8 @@ def test_collect_resumes_and_only_adds_missing_episodes(tmp_path, capsys):
         assert episode.success and episode.task_name == "sawyer-reach"
         assert episode.substeps[0] == "move the gripper to the target"
         assert episode.images["cam_high"].shape[1:] == (16, 16, 3)
+        assert episode.camera_fovy == dataset.camera_fovy
+    assert dataset.camera_fovy == sim.task_camera_fovy("sawyer-reach")
 
 
 def test_failed_seeds_are_skipped_and_remembered(tmp_path, monkeypatch):

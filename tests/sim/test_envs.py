@@ -5,6 +5,7 @@ import pytest
 
 import dexvla.sim as sim
 from dexvla.embodiments import get_embodiment
+from dexvla.sim.aloha import TOP_CAMERA_FOVY
 
 TASKS = [t.name for t in sim.list_tasks(featured_only=True)]
 SIZE = (24, 32)
@@ -36,6 +37,8 @@ def test_reset_and_step_give_the_embodiment_layout(envs, name):
     assert env.observation_space.contains(obs)
     assert info["is_success"] is False
     assert env.unwrapped.task_instruction == sim.get_task(name).instruction
+    fovy = env.unwrapped.camera_fovy
+    assert set(fovy) == set(spec.cameras) and all(0 < v < 180 for v in fovy.values())
 
     action = sim.make_expert(name)
     action.reset(env)
@@ -81,11 +84,13 @@ def env_info(env):
     return env.reset()[1]
 
 
-def test_render_false_gives_state_only():
-    env = sim.make_env("aloha-transfer-cube", render=False)
+@pytest.mark.parametrize("name", ["aloha-transfer-cube", "sawyer-reach"])
+def test_render_false_gives_state_only(name):
+    env = sim.make_env(name, render=False)
     try:
         obs, _ = env.reset(seed=0)
         assert list(obs) == ["observation.state"]
+        assert env.observation_space.contains(obs)
     finally:
         env.close()
 
@@ -99,5 +104,7 @@ def test_aloha_top_camera_shows_the_cube_at_small_sizes():
             image = env.reset(seed=seed)[0]["observation.images.cam_high"].astype(int)
             red = (image[..., 0] > 150) & (image[..., 1] < 80) & (image[..., 2] < 80)
             assert red.sum() >= 16, f"seed {seed}: cube covers {red.sum()} pixels"
+        assert env.unwrapped.camera_fovy["cam_high"] == pytest.approx(TOP_CAMERA_FOVY)
     finally:
         env.close()
+    assert sim.task_camera_fovy("aloha-transfer-cube")["cam_high"] == pytest.approx(50.0)

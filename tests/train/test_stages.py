@@ -36,7 +36,14 @@ FAST = ["--image-size", "28x28", "--batch-size", "8", "--save-every", "1000", "-
         "--warmup-steps", "3"]  # fmt: skip
 
 
-def write_dataset(root: Path, embodiment: str, *, substeps: bool = True, episodes: int = 2) -> Path:
+def write_dataset(
+    root: Path,
+    embodiment: str,
+    *,
+    substeps: bool = True,
+    episodes: int = 2,
+    camera_fovy: dict[str, float] | None = None,
+) -> Path:
     """Smooth per-episode action curves, noisy 32x32 images, three sub-steps per episode."""
     spec = get_embodiment(embodiment)
     rng = np.random.default_rng(len(embodiment))
@@ -62,6 +69,7 @@ def write_dataset(root: Path, embodiment: str, *, substeps: bool = True, episode
                     action,
                     labels if substeps else [""] * length,
                     seed=e,
+                    camera_fovy=camera_fovy or {},
                 )
             )
     return root
@@ -71,7 +79,8 @@ def write_dataset(root: Path, embodiment: str, *, substeps: bool = True, episode
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("stage_data")
     return {
-        "aloha": write_dataset(root / "aloha", "aloha"),
+        "aloha": write_dataset(root / "aloha", "aloha", camera_fovy={"cam_high": 50.0}),
+        "wide": write_dataset(root / "wide", "aloha", episodes=1, camera_fovy={"cam_high": 78.0}),
         "sawyer": write_dataset(root / "sawyer", "sawyer"),
         "bare": write_dataset(root / "bare", "aloha", substeps=False),
     }
@@ -279,6 +288,7 @@ def test_stage2_loss_falls_and_final_loads(stage2_final):
     assert records[-1]["action_loss"] < records[0]["action_loss"]
     policy = DexVLAPolicy.from_pretrained(stage2_final / "final")
     assert policy.config.vlm.image_size == (28, 28)
+    assert policy.processor.stats.camera_fovy == {"aloha": {"cam_high": 50.0}}
 
 
 def test_stage3_continues_stage2_on_annotated_data(data, stage2_final, tmp_path):
@@ -327,11 +337,13 @@ def test_resume_continues_from_the_last_checkpoint(data, tmp_path):
         (["--stage", "3", "--preset", "tiny-stage3", "--init", "{aloha}"], "no config.json"),
         (["--stage", "3", "--preset", "tiny-stage3", "--init", "{s2}", "--image-size", "56x56"],
          "cannot change its image size"),
+        (["--stage", "2", "--preset", "tiny-stage2", "--data", "{aloha},{wide}"],
+         "wide: aloha camera 'cam_high': datasets disagree on its field of view"),
     ],
 )  # fmt: skip
 def test_cli_errors_are_clear(args, message, data, stage2_final, tmp_path, capsys):
     fill = {"missing": tmp_path / "nope", "bare": data["bare"], "s2": stage2_final / "final",
-            "sawyer": data["sawyer"], "aloha": data["aloha"]}  # fmt: skip
+            "sawyer": data["sawyer"], "aloha": data["aloha"], "wide": data["wide"]}  # fmt: skip
     args = [a.format(**fill) for a in args]
     if "--data" not in args:
         args += ["--data", str(data["aloha"])]

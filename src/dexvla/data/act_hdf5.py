@@ -327,6 +327,7 @@ class ActHdf5Dataset:
         self.embodiment = names.pop()
         self.spec = get_embodiment(self.embodiment)
         self.cameras = cameras or ()
+        self.camera_fovy: dict[str, float] = {}  # ACT's HDF5 layout does not record it
         self.fps = int(fps or self.spec.fps)
         self.lengths = np.array(lengths, dtype=np.int64)
         self._lowdim: dict[int, dict[str, Any]] = {}

@@ -57,6 +57,7 @@ def dataset_summary(path: Path) -> dict[str, Any]:
         "frames": dataset.num_frames,
         "embodiments": [dataset.embodiment],
         "cameras": list(dataset.cameras),
+        "camera_fovy": dict(dataset.camera_fovy),
         "fps": dataset.fps,
         "tasks": sorted(tasks),
         "substeps": sorted(substeps),

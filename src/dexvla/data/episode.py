@@ -15,6 +15,7 @@ class Episode:
 
     Shapes: `images[cam]` uint8 (T, H, W, 3); `state` float32 (T, S); `action` float32 (T, A);
     `substeps` T strings (empty strings where a dataset has none); `reward` float32 (T,).
+    `camera_fovy[cam]`: the camera's vertical field of view in degrees, where known (simulation).
     """
 
     embodiment: str
@@ -28,6 +29,7 @@ class Episode:
     seed: int | None = None
     task_name: str = ""
     info: dict = field(default_factory=dict)
+    camera_fovy: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -67,6 +69,9 @@ class Episode:
             raise ValueError(
                 f"episode reward: expected ({length},), got {tuple(self.reward.shape)}"
             )
+        unknown = sorted(set(self.camera_fovy) - set(self.images))
+        if unknown:
+            raise ValueError(f"episode camera_fovy: camera(s) {unknown} have no images")
         for name, values in (("state", self.state), ("action", self.action)):
             if not np.isfinite(values).all():
                 raise ValueError(f"episode {name}: contains NaN or infinite values")

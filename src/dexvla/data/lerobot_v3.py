@@ -15,7 +15,8 @@ an episode never rewrites earlier data. The per-frame sub-step text is the strin
 `substep`; the episode instruction is the task in `tasks.parquet`. The episodes table is the
 commit point: an episode exists once its row is there, and a re-opened writer deletes data files
 no row points to. The reader also reads datasets LeRobot itself writes (video features, several
-episodes per file, variable-length list columns).
+episodes per file, variable-length list columns). Simulated cameras record their vertical field
+of view in the image feature's `info` (`camera.fovy`, degrees).
 """
 
 from __future__ import annotations
@@ -60,12 +61,19 @@ REWARD = "next.reward"
 ROW_GROUP_SIZE = 32
 IMAGE_STATS_FRAMES = 16
 IMAGE_FORMATS = ("png", "jpeg")
+FOVY_INFO = "camera.fovy"  # an image feature's `info` entry: vertical field of view, degrees
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 def _scalar_feature(dtype: str) -> dict[str, Any]:
     return {"dtype": dtype, "shape": [1], "names": None}
+
+
+def _describe(feature: dict[str, Any]) -> str:
+    """A feature's shape, and its camera field of view where recorded (for mismatch errors)."""
+    fovy = (feature.get("info") or {}).get(FOVY_INFO)
+    return f"{feature.get('shape')}" + ("" if fovy is None else f" at {fovy} deg field of view")
 
 
 def _encode_image(frame: np.ndarray, image_format: str, quality: int) -> bytes:
@@ -283,7 +291,8 @@ class LeRobotV3Writer:
             return f"features present in only one of them: {keys}"
         changed = [k for k in features if features[k] != self.features[k]]
         return "; ".join(
-            f"{k}: {features[k]['shape']} vs dataset {self.features[k]['shape']}" for k in changed
+            f"{k}: {_describe(features[k])} vs dataset {_describe(self.features[k])}"
+            for k in changed
         )
 
     def _features_for(self, episode: Episode) -> dict[str, dict[str, Any]]:
@@ -306,6 +315,9 @@ class LeRobotV3Writer:
                 "shape": [height, width, channels],
                 "names": ["height", "width", "channels"],
             }
+            if cam in episode.camera_fovy:
+                fovy = round(float(episode.camera_fovy[cam]), 4)
+                features[IMAGE_PREFIX + cam]["info"] = {FOVY_INFO: fovy}
         features[SUBSTEP] = _scalar_feature("string")
         features[REWARD] = _scalar_feature("float32")
         features["timestamp"] = _scalar_feature("float32")
@@ -490,6 +502,11 @@ class LeRobotV3Dataset:
             if k.startswith(IMAGE_PREFIX) and f.get("dtype") in ("image", "video")
         }
         self.cameras = tuple(sorted(self.camera_keys))
+        self.camera_fovy = {
+            cam: float(self.features[key]["info"][FOVY_INFO])
+            for cam, key in self.camera_keys.items()
+            if FOVY_INFO in (self.features[key].get("info") or {})
+        }
         self.tasks = read_tasks(self.root / TASKS_FILE)
         files = sorted((self.root / "meta" / "episodes").rglob("*.parquet"))
         if not files:
@@ -684,6 +701,7 @@ class LeRobotV3Dataset:
             seed=None if seed is None else int(seed),
             task_name=row.get("dexvla/task_name") or "",
             info=json.loads(row.get("dexvla/info") or "{}"),
+            camera_fovy=self.camera_fovy,
         )
         try:
             episode.validate()

@@ -1,8 +1,9 @@
 """Open any supported dataset directory with one call.
 
 Both readers share the access methods the training windows use: `num_episodes`, `num_frames`,
-`embodiment`, `cameras`, `fps`, `episode_length(i)`, `lowdim(i)` (state, action, substeps,
-task, reward), `image(i, t, cam)`, `images(i, cam)` and `episode(i)`.
+`embodiment`, `cameras`, `camera_fovy` (degrees, where recorded), `fps`, `episode_length(i)`,
+`lowdim(i)` (state, action, substeps, task, reward), `image(i, t, cam)`, `images(i, cam)` and
+`episode(i)`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class EpisodeSource(Protocol):
 
     embodiment: str
     cameras: tuple[str, ...]
+    camera_fovy: dict[str, float]
     fps: int
 
     @property

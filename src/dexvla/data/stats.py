@@ -32,6 +32,8 @@ ACTION = "action"
 KEYS = (STATE, ACTION)
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 STATS_VERSION = 1
+FOVY_KEY = "camera_fovy"
+FOVY_TOLERANCE = 0.01  # degrees
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
@@ -78,6 +80,24 @@ def aggregate_stats(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
     return out
 
 
+def _merge_fovy(
+    first: Mapping[str, Mapping[str, float]], second: Mapping[str, Mapping[str, float]]
+) -> dict[str, dict[str, float]]:
+    """Union of two `{embodiment: {camera: fovy}}`; an error where they disagree."""
+    merged = {name: dict(cams) for name, cams in first.items()}
+    for name, cams in second.items():
+        mine = merged.setdefault(name, {})
+        for cam, fovy in cams.items():
+            if cam in mine and abs(mine[cam] - fovy) > FOVY_TOLERANCE:
+                raise ValueError(
+                    f"{name} camera {cam!r}: datasets disagree on its field of view "
+                    f"({mine[cam]:g} vs {fovy:g} degrees); data from different simulator "
+                    "versions cannot be mixed: re-collect the older one"
+                )
+            mine[cam] = float(fovy)
+    return merged
+
+
 def _to_json(stats: Mapping[str, np.ndarray]) -> dict[str, list]:
     return {name: np.asarray(value).tolist() for name, value in stats.items()}
 
@@ -88,9 +108,13 @@ class DatasetStats:
 
     `stats[embodiment][key]` holds float64 arrays `min`, `max`, `mean`, `std`, `count` (and
     quantiles). Build with `from_episodes` / `from_arrays`, combine with `merge`.
+    `camera_fovy[embodiment][cam]` is the cameras' vertical field of view (degrees) where the
+    data recorded it: it travels with the statistics into checkpoints, so evaluation can refuse
+    a simulator whose cameras differ from those the policy was trained on.
     """
 
     stats: dict[str, dict[str, dict[str, np.ndarray]]] = field(default_factory=dict)
+    camera_fovy: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_arrays(cls, embodiment: str, state: np.ndarray, action: np.ndarray) -> DatasetStats:
@@ -109,10 +133,13 @@ class DatasetStats:
         """Statistics over every frame of the episodes, grouped by embodiment."""
         state: dict[str, list[np.ndarray]] = {}
         action: dict[str, list[np.ndarray]] = {}
+        fovy: dict[str, dict[str, float]] = {}
         for episode in episodes:
             state.setdefault(episode.embodiment, []).append(episode.state)
             action.setdefault(episode.embodiment, []).append(episode.action)
-        result = cls()
+            if episode.camera_fovy:
+                fovy = _merge_fovy(fovy, {episode.embodiment: episode.camera_fovy})
+        result = cls(camera_fovy=fovy)
         for name in state:
             result = result.merge(
                 cls.from_arrays(name, np.concatenate(state[name]), np.concatenate(action[name]))
@@ -123,11 +150,14 @@ class DatasetStats:
     def from_source(cls, source: Any) -> DatasetStats:
         """Statistics of a dataset reader (`LeRobotV3Dataset`, `ActHdf5Dataset`): no images read."""
         lows = [source.lowdim(i) for i in range(source.num_episodes)]
-        return cls.from_arrays(
+        stats = cls.from_arrays(
             source.embodiment,
             np.concatenate([low["state"] for low in lows]),
             np.concatenate([low["action"] for low in lows]),
         )
+        if source.camera_fovy:
+            stats.camera_fovy = {source.embodiment: dict(source.camera_fovy)}
+        return stats
 
     @property
     def embodiments(self) -> list[str]:
@@ -142,13 +172,27 @@ class DatasetStats:
                 continue
             for key in KEYS:
                 merged[name][key] = aggregate_stats([merged[name][key], keys[key]])
-        return DatasetStats(merged)
+        return DatasetStats(merged, _merge_fovy(self.camera_fovy, other.camera_fovy))
+
+    def with_fallback(self, base: DatasetStats) -> DatasetStats:
+        """These statistics plus `base`'s for the embodiments these do not cover."""
+        kept = [name for name in base.stats if name not in self.stats]
+        return DatasetStats(
+            {**{name: base.stats[name] for name in kept}, **self.stats},
+            {
+                **{n: base.camera_fovy[n] for n in kept if n in base.camera_fovy},
+                **self.camera_fovy,
+            },
+        )
 
     def to_json(self) -> dict:
         return {
             "version": STATS_VERSION,
             "embodiments": {
-                name: {key: _to_json(value) for key, value in keys.items()}
+                name: {
+                    **{key: _to_json(value) for key, value in keys.items()},
+                    **({FOVY_KEY: self.camera_fovy[name]} if name in self.camera_fovy else {}),
+                }
                 for name, keys in self.stats.items()
             },
         }
@@ -157,8 +201,10 @@ class DatasetStats:
     def from_json(cls, data: Mapping) -> DatasetStats:
         if data.get("version") != STATS_VERSION or "embodiments" not in data:
             raise ValueError(f"dataset stats: unsupported format (version {data.get('version')!r})")
-        stats = {}
+        stats, fovy = {}, {}
         for name, keys in data["embodiments"].items():
+            if FOVY_KEY in keys:
+                fovy[name] = {cam: float(v) for cam, v in keys[FOVY_KEY].items()}
             get_embodiment(name)
             missing = [key for key in KEYS if key not in keys]
             if missing:
@@ -167,7 +213,7 @@ class DatasetStats:
                 key: {stat: np.asarray(v, dtype=np.float64) for stat, v in keys[key].items()}
                 for key in KEYS
             }
-        return cls(stats)
+        return cls(stats, fovy)
 
     def save(self, path: Path) -> None:
         """Write JSON atomically."""

@@ -263,9 +263,38 @@ def _write_info(config: EvalConfig, records: list[dict[str, Any]], status: str) 
     return info
 
 
+def check_cameras(checkpoint: Path, task: str) -> None:
+    """Refuse a simulator whose cameras' fields of view differ from the training data's.
+
+    The checkpoint's stats.json carries them where the data recorded them; a policy trained at
+    another field of view sees every object at another scale and fails for no visible reason.
+    """
+    from dexvla.data.stats import FOVY_TOLERANCE, DatasetStats
+    from dexvla.sim.registry import get_task, task_camera_fovy
+
+    path = Path(checkpoint) / "stats.json"
+    if not path.is_file():
+        return
+    embodiment = get_task(task).embodiment
+    trained = DatasetStats.load(path).camera_fovy.get(embodiment, {})
+    if not trained:
+        return
+    rendered = task_camera_fovy(task)
+    for cam, fovy in sorted(trained.items()):
+        if cam in rendered and abs(rendered[cam] - fovy) > FOVY_TOLERANCE:
+            raise ValueError(
+                f"checkpoint {checkpoint} was trained on camera {cam!r} at a {fovy:g} degree "
+                f"field of view, but task {task!r} renders it at {rendered[cam]:g} degrees: "
+                "re-collect the data with this version and train again"
+            )
+
+
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Run (or resume) the evaluation; return eval_info (config, summary, episodes)."""
     config.validate()
+    if config.policy == "checkpoint":
+        assert config.checkpoint is not None
+        check_cameras(config.checkpoint, config.task)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_resume(out, config)

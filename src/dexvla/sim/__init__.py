@@ -21,6 +21,7 @@ from dexvla.sim.registry import (
     parse_image_size,
     register_task,
     run_expert,
+    task_camera_fovy,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "parse_image_size",
     "register_task",
     "run_expert",
+    "task_camera_fovy",
 ]

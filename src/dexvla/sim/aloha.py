@@ -31,7 +31,7 @@ from gym_aloha.constants import (
 )
 from gym_aloha.utils import sample_box_pose, sample_insertion_pose
 
-from dexvla.sim.render import CameraRenderer
+from dexvla.sim.render import CameraRenderer, camera_fovy
 
 ALOHA_ASSETS = Path(gym_aloha.__file__).parent / "assets"
 LOCAL_ASSETS = Path(__file__).parent / "assets"
@@ -469,6 +469,7 @@ class AlohaEnv(gym.Env):
         self.data = mujoco.MjData(self.model)
         self.n_substeps = round(CONTROL_DT / self.model.opt.timestep)
         self.model.cam_fovy[self.model.camera(ALOHA_CAMERAS["cam_high"]).id] = TOP_CAMERA_FOVY
+        self.camera_fovy = camera_fovy(self.model, ALOHA_CAMERAS)
         self.renderer = CameraRenderer(self.model, ALOHA_CAMERAS, image_size) if render else None
         h, w = image_size
         spaces = {

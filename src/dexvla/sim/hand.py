@@ -15,7 +15,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from dexvla.sim.render import CameraRenderer
+from dexvla.sim.render import CameraRenderer, camera_fovy
 
 HAND_XML = Path(__file__).parent / "assets" / "hand_pick_place.xml"
 HAND_CAMERAS = {"cam_high": "cam_high", "cam_wrist": "cam_wrist"}
@@ -60,6 +60,7 @@ class HandEnv(gym.Env):
         self.model = mujoco.MjModel.from_xml_path(str(HAND_XML))
         self.data = mujoco.MjData(self.model)
         self.n_substeps = round(CONTROL_DT / self.model.opt.timestep)
+        self.camera_fovy = camera_fovy(self.model, HAND_CAMERAS)
         self.renderer = CameraRenderer(self.model, HAND_CAMERAS, image_size) if render else None
         self._object_geom = self.model.geom("object").id
         self._table_geom = self.model.geom("table").id

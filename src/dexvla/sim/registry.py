@@ -138,6 +138,15 @@ def make_env(
     return env
 
 
+def task_camera_fovy(task_name: str) -> dict[str, float]:
+    """The task's cameras' vertical fields of view (degrees), from its model (no rendering)."""
+    env = make_env(task_name, render=False)
+    try:
+        return dict(env.unwrapped.camera_fovy)
+    finally:
+        env.close()
+
+
 def make_expert(task_name: str) -> ScriptedExpert:
     """A fresh scripted expert for the task."""
     return get_task(task_name).expert_factory()
@@ -182,6 +191,7 @@ def run_expert(
         seed=seed,
         task_name=spec.name,
         info={"best_reward_stage": best_stage, "success_step": success_at},
+        camera_fovy=dict(env.unwrapped.camera_fovy),
     )
     episode.validate()
     return episode, info

@@ -13,6 +13,15 @@ import mujoco
 import numpy as np
 
 
+def camera_fovy(model: mujoco.MjModel, cameras: dict[str, str]) -> dict[str, float]:
+    """Vertical field of view (degrees) of each camera, keyed by the embodiment's camera names.
+
+    Datasets record it and evaluation checks it: a policy trained on one field of view sees
+    objects at another scale under another, and nothing else would tell.
+    """
+    return {cam: float(model.cam_fovy[model.camera(name).id]) for cam, name in cameras.items()}
+
+
 def speed_up_rendering(model: mujoco.MjModel) -> None:
     """Turn off shadows and MSAA on a model, in place."""
     model.light_castshadow[:] = 0

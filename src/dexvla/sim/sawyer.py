@@ -19,7 +19,7 @@ import metaworld.policies as mw_policies
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
-from dexvla.sim.render import CameraRenderer
+from dexvla.sim.render import CameraRenderer, camera_fovy
 
 SAWYER_CAMERA = "corner2"
 MAX_PATH_LENGTH = 500  # MetaWorld refuses to step past this
@@ -68,14 +68,17 @@ class SawyerEnv(gym.Env):
         self.max_steps = max_steps
         self.mw_env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[key]()
         self.mw_env.seeded_rand_vec = True
-        self.renderer = CameraRenderer(self.mw_env.model, {"cam_high": SAWYER_CAMERA}, image_size)
-        h, w = image_size
-        self.observation_space = gym.spaces.Dict(
-            {
-                "observation.images.cam_high": gym.spaces.Box(0, 255, (h, w, 3), np.uint8),
-                "observation.state": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
-            }
+        self.camera_fovy = camera_fovy(self.mw_env.model, {"cam_high": SAWYER_CAMERA})
+        self.renderer = (
+            CameraRenderer(self.mw_env.model, {"cam_high": SAWYER_CAMERA}, image_size)
+            if render
+            else None
         )
+        h, w = image_size
+        spaces = {"observation.state": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)}
+        if render:
+            spaces["observation.images.cam_high"] = gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.mw_obs = np.zeros(39)
         self.steps = 0

@@ -315,11 +315,13 @@ def load_stage_data(
     if config.stage == 3:
         check_substeps(paths, sources)
     stats = DatasetStats()
-    for source in sources:
-        stats = stats.merge(DatasetStats.from_source(source))
+    for path, source in zip(paths, sources, strict=True):
+        try:
+            stats = stats.merge(DatasetStats.from_source(source))
+        except ValueError as error:
+            raise ValueError(f"dataset {path}: {error}") from None
     if base_stats is not None:
-        kept = {k: v for k, v in base_stats.stats.items() if k not in stats.stats}
-        stats = DatasetStats({**kept, **stats.stats})
+        stats = stats.with_fallback(base_stats)
     normalizer = Normalizer(stats)
     windows = [
         ChunkWindows(

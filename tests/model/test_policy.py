@@ -166,27 +166,6 @@ def test_loading_corrupt_or_incomplete_checkpoints(policy, tmp_path):
 def test_policy_config_round_trips_through_json():
     config = make_policy().config
     assert PolicyConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    older = {k: v for k, v in config.to_dict().items() if k != "prompt_pooling"}
-    assert PolicyConfig.from_dict(older).prompt_pooling == "mean"  # configs saved before it
-    with pytest.raises(ValueError, match="prompt_pooling"):
-        config.replace(prompt_pooling="max")
-
-
-def test_attention_pooling_trains_saves_and_loads(tmp_path):
-    policy = make_policy(prompt_pooling="attention")
-    loss, _ = policy(make_batch())
-    loss.backward()
-    assert policy.prompt_pool.query.grad is not None
-    policy.eval()
-    path = policy.save_pretrained(tmp_path / "ckpt")
-    assert any(k.startswith("prompt_pool.") for k in load_file(str(path / "model.safetensors")))
-    loaded = DexVLAPolicy.from_pretrained(path)
-    assert loaded.config.prompt_pooling == "attention"
-    obs = make_observation()
-    generator = torch.Generator().manual_seed(1)
-    before, _ = policy.predict_action_chunk(obs, generator=generator)
-    after, _ = loaded.predict_action_chunk(obs, generator=torch.Generator().manual_seed(1))
-    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
 
 
 def test_policy_config_rejects_heads_that_disagree_with_the_registry():

@@ -119,9 +119,6 @@ def test_presets_are_valid_and_round_trip():
     assert (stage3.train.steps, stage3.train.schedule) == (80_000, "cosine")
     assert stage2.freeze_vision and stage3.freeze_vision  # pretrained Qwen2-VL: the paper's
     assert not get_stage_preset("tiny-stage2").freeze_vision  # random tiny tower: trained
-    attention = get_stage_preset("tiny-stage2").replace(prompt_pooling="attention")
-    assert attention.policy_config().prompt_pooling == "attention"
-    assert get_stage_preset("tiny-stage2").policy_config().prompt_pooling == "mean"
 
 
 @pytest.mark.parametrize(
@@ -134,7 +131,6 @@ def test_presets_are_valid_and_round_trip():
         ({"image_size": (30, 30)}, "multiples of 28"),
         ({"data_weights": (1.0, -1.0)}, "data_weights"),
         ({"steps": 0}, "steps must be >= 1"),
-        ({"prompt_pooling": "max"}, "prompt_pooling must be one of"),
     ],
 )
 def test_bad_stage_config_is_refused(change, message):
@@ -341,8 +337,6 @@ def test_resume_continues_from_the_last_checkpoint(data, tmp_path):
         (["--stage", "3", "--preset", "tiny-stage3", "--init", "{aloha}"], "no config.json"),
         (["--stage", "3", "--preset", "tiny-stage3", "--init", "{s2}", "--image-size", "56x56"],
          "cannot change its image size"),
-        (["--stage", "3", "--preset", "tiny-stage3", "--init", "{s2}", "--prompt-pooling",
-          "attention"], "cannot change its prompt pooling 'attention' \\(init: 'mean'\\)"),
         (["--stage", "2", "--preset", "tiny-stage2", "--data", "{aloha},{wide}"],
          "wide: aloha camera 'cam_high': datasets disagree on its field of view"),
     ],

@@ -6,52 +6,12 @@ P and R are the paper's projectors (Linear-LayerNorm-GELU-Linear). FiLM's scale 
 zero-initialised, so at initialisation the sub-step does not change the condition and training
 starts from the prompt path alone. The skip is the identity when the VLM width equals the
 condition width (Qwen2-VL-2B: 1536 = ScaleDP's cond_dim), else a linear map.
-
-`PromptPooling` turns the prompt's hidden states into the vector `prompt`: the paper's mean, or
-(`"attention"`, this project's option) the mean plus a learned query's attention read-out, so a
-few tokens that see the object can dominate instead of being averaged with every other one.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from dexvla.model.vlm import masked_mean
-
-POOLINGS = ("mean", "attention")
-
-
-class PromptPooling(nn.Module):
-    """Prompt hidden states (B, L, D) and mask (B, L) -> (B, D).
-
-    `"mean"`: the masked mean (the paper's, no parameters). `"attention"`: the masked mean plus
-    multi-head attention from one learned query; its output projection starts at zero, so a
-    fresh pooling equals the mean and training adds the tokens worth reading.
-    """
-
-    def __init__(self, dim: int, kind: str = "mean", heads: int = 4) -> None:
-        super().__init__()
-        if kind not in POOLINGS:
-            raise ValueError(f"prompt pooling must be one of {POOLINGS}, got {kind!r}")
-        if dim % heads:
-            raise ValueError(f"prompt pooling: width {dim} is not divisible by {heads} heads")
-        self.kind = kind
-        if kind == "attention":
-            self.query = nn.Parameter(torch.randn(1, 1, dim) * dim**-0.5)
-            self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
-            nn.init.zeros_(self.attention.out_proj.weight)
-            nn.init.zeros_(self.attention.out_proj.bias)
-
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pooled = masked_mean(hidden, mask)  # (B, D)
-        if self.kind == "mean":
-            return pooled
-        query = self.query.to(hidden.dtype).expand(hidden.shape[0], -1, -1)  # (B, 1, D)
-        ignore = ~mask.bool()
-        ignore[:, 0] &= mask.bool().any(1)  # a row without prompt tokens attends to position 0
-        read, _ = self.attention(query, hidden, hidden, key_padding_mask=ignore, need_weights=False)
-        return pooled + read[:, 0]
 
 
 def projector(in_dim: int, out_dim: int) -> nn.Sequential:

@@ -1,11 +1,10 @@
 """DexVLAPolicy: Qwen2-VL + reasoning fusion + ScaleDP, with LeRobot's policy API.
 
 Training (`forward`): the VLM reads every camera and the instruction with the ground-truth
-sub-step as the answer (teacher forcing). Its final hidden states are pooled over the prompt
-("action tokens"; mean, or optionally attention) and mean-pooled over the sub-step tokens
-("reasoning tokens"), fused into one condition vector, and ScaleDP learns to denoise the
-action chunk from it. The loss is action (noise MSE on valid steps) + `llm_loss_weight` x
-language (answer tokens only).
+sub-step as the answer (teacher forcing). Its final hidden states are mean-pooled over the
+prompt ("action tokens") and over the sub-step tokens ("reasoning tokens"), fused into one
+condition vector, and ScaleDP learns to denoise the action chunk from it. The loss is
+action (noise MSE on valid steps) + `llm_loss_weight` x language (answer tokens only).
 
 Inference: `generate_reasoning` lets the VLM write the sub-step greedily; `predict_action_chunk`
 fuses the current prompt states with that sub-step's states and samples actions with the
@@ -38,7 +37,7 @@ from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 
 from dexvla.embodiments import get_embodiment
 from dexvla.model.diffusion import ActionDiffusion, DiffusionConfig
-from dexvla.model.fusion import POOLINGS, PromptPooling, ReasoningFusion
+from dexvla.model.fusion import ReasoningFusion
 from dexvla.model.scaledp import ScaleDP, ScaleDPConfig
 from dexvla.model.vlm import (
     IGNORE_INDEX,
@@ -67,9 +66,7 @@ class PolicyConfig:
     `use_reasoning=False` is the ablation without sub-step reasoning: the VLM is trained on the
     answer `Next action:` alone and the fusion sees no reasoning tokens. `noise_samples` is how
     many (noise, timestep) draws the training loss averages per observation: the VLM runs once
-    and only the expert, a small part of a step's cost, runs on every draw. `prompt_pooling`
-    is how the prompt's hidden states become one vector: `"mean"` (the paper's) or
-    `"attention"` (mean plus a learned query's read-out; dexvla.model.fusion).
+    and only the expert, a small part of a step's cost, runs on every draw.
     """
 
     name: str
@@ -80,7 +77,6 @@ class PolicyConfig:
     llm_loss_weight: float = 1.0
     use_reasoning: bool = True
     noise_samples: int = 1
-    prompt_pooling: str = "mean"
 
     def __post_init__(self) -> None:
         for name in self.expert.embodiments:
@@ -100,10 +96,6 @@ class PolicyConfig:
             raise ValueError(f"llm_loss_weight must be >= 0, got {self.llm_loss_weight}")
         if not isinstance(self.noise_samples, int) or self.noise_samples < 1:
             raise ValueError(f"noise_samples must be an int >= 1, got {self.noise_samples!r}")
-        if self.prompt_pooling not in POOLINGS:
-            raise ValueError(
-                f"prompt_pooling must be one of {POOLINGS}, got {self.prompt_pooling!r}"
-            )
 
     @property
     def embodiments(self) -> tuple[str, ...]:
@@ -123,7 +115,6 @@ class PolicyConfig:
             "llm_loss_weight": self.llm_loss_weight,
             "use_reasoning": self.use_reasoning,
             "noise_samples": self.noise_samples,
-            "prompt_pooling": self.prompt_pooling,
         }
 
     @classmethod
@@ -177,7 +168,6 @@ class DexVLAPolicy(nn.Module):
         self.tokenizer = tokenizer or load_tokenizer(config.vlm)
         self.vlm = vlm if vlm is not None else build_vlm(config.vlm, self.tokenizer)
         vlm_dim = self.vlm.config.text_config.hidden_size
-        self.prompt_pool = PromptPooling(vlm_dim, config.prompt_pooling)
         self.fusion = ReasoningFusion(vlm_dim, config.expert.cond_dim)
         self.expert = ScaleDP(config.expert)
         self.diffusion = ActionDiffusion(config.diffusion)
@@ -265,8 +255,8 @@ class DexVLAPolicy(nn.Module):
         logits = self.vlm.lm_head(hidden[:, :-1][answer])  # (N_answer, V)
         language_loss = F.cross_entropy(logits.float(), labels[answer])
 
-        prompt = self.prompt_pool(hidden, encoded.prompt_mask.to(self.device))  # (B, D)
-        reasoning = masked_mean(hidden, encoded.reasoning_mask.to(self.device))  # (B, D)
+        prompt = masked_mean(hidden, encoded.prompt_mask.to(self.device))
+        reasoning = masked_mean(hidden, encoded.reasoning_mask.to(self.device))
         cond = self.fusion(prompt, reasoning).to(self.dtype)  # (B, C)
 
         # K noise draws per observation: the expert's batch is the batch repeated K times.
@@ -304,7 +294,7 @@ class DexVLAPolicy(nn.Module):
             vision = self._vlm_inputs(batch, embodiment)
         hidden = self._hidden(encoded.input_ids, encoded.attention_mask, vision)
         return (
-            self.prompt_pool(hidden, encoded.prompt_mask.to(self.device)),
+            masked_mean(hidden, encoded.prompt_mask.to(self.device)),
             masked_mean(hidden, encoded.reasoning_mask.to(self.device)),
         )
 

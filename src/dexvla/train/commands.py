@@ -78,11 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-weights", type=_floats, help="one weight per dataset: w1,w2")
     parser.add_argument("--embodiments", help="expert heads, comma-separated (default: preset's)")
     parser.add_argument("--image-size", type=_size, help="camera size HxW fed to Qwen2-VL")
-    parser.add_argument(
-        "--prompt-pooling",
-        help="how the prompt's hidden states become one vector: mean (the paper's) or "
-        "attention (mean plus a learned query's read-out); stages 1-2",
-    )
     parser.add_argument("--llm-loss-weight", type=float)
     parser.add_argument(
         "--noise-samples",
@@ -105,7 +100,6 @@ OVERRIDES = (
     "keep_last", "log_every", "num_workers", "ema", "precision", "seed", "device", "strategy",
     "gradient_checkpointing", "llm", "lora_rank", "lora_alpha", "lora_dropout", "freeze_vision",
     "data_weights", "image_size", "llm_loss_weight", "use_reasoning", "noise_samples",
-    "prompt_pooling",
 )  # fmt: skip
 
 

@@ -58,10 +58,9 @@ FINAL_DIR = "final"
 class StageConfig:
     """One training stage: what is trained, on what data, with which optimiser settings.
 
-    `embodiments` replaces the preset's expert heads (None keeps them); `image_size` and
-    `prompt_pooling` replace the preset's camera resolution and prompt pooling (None keeps
-    them). `data_weights` weigh the datasets of a mixture (None: proportional to their frame
-    counts). `freeze_vision` freezes the Qwen2-VL
+    `embodiments` replaces the preset's expert heads (None keeps them); `image_size` replaces
+    the preset's camera resolution (None keeps it). `data_weights` weigh the datasets of a
+    mixture (None: proportional to their frame counts). `freeze_vision` freezes the Qwen2-VL
     vision tower (the paper's stage 2); `llm` trains the language model fully, freezes it, or
     trains LoRA adapters (`lora_*`) on `lora_targets`. `llm_loss_weight`, `use_reasoning` and
     `noise_samples` go into the policy config. Stage 1 ignores the VLM options: it never runs
@@ -74,7 +73,6 @@ class StageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     embodiments: tuple[str, ...] | None = None
     image_size: tuple[int, int] | None = None
-    prompt_pooling: str | None = None
     pad: Literal["last", "zero"] = "last"
     data_weights: tuple[float, ...] | None = None
     freeze_vision: bool = True
@@ -139,8 +137,6 @@ class StageConfig:
             vlm = dataclasses.replace(vlm, image_size=self.image_size)
         if self.embodiments is not None:
             expert = dataclasses.replace(expert, embodiments=expert_heads(self.embodiments))
-        if self.prompt_pooling is not None:
-            config = config.replace(prompt_pooling=self.prompt_pooling)
         return config.replace(vlm=vlm, expert=expert, **self.loss_options())
 
     def loss_options(self) -> dict[str, Any]:
@@ -493,17 +489,12 @@ def read_policy_config(directory: Path) -> PolicyConfig:
 
 
 def check_stage3_overrides(config: StageConfig, policy: PolicyConfig, init: Path) -> None:
-    """Stage 3 keeps the init policy's architecture: refuse heads, camera sizes or pooling that
-    differ."""
+    """Stage 3 keeps the init policy's architecture: refuse heads or camera sizes that differ."""
     problems = []
     if config.image_size is not None and tuple(config.image_size) != policy.vlm.image_size:
         problems.append(f"image size {config.image_size} (init: {policy.vlm.image_size})")
     if config.embodiments is not None and set(config.embodiments) != set(policy.embodiments):
         problems.append(f"expert heads {list(config.embodiments)} (init: {policy.embodiments})")
-    if config.prompt_pooling not in (None, policy.prompt_pooling):
-        problems.append(
-            f"prompt pooling {config.prompt_pooling!r} (init: {policy.prompt_pooling!r})"
-        )
     if problems:
         raise ValueError(
             f"stage 3 continues {init} as it is and cannot change its {'; '.join(problems)}"

@@ -11,6 +11,11 @@ absolute differences, per embodiment arm, are measured side by side in one run:
 A policy whose image effect is a small fraction of its noise effect acts from the state and
 the time alone: it can reproduce the average demonstration but cannot find the object.
 
+Then, where the scene signal goes: over the first frames of `--scenes` episodes, the spread
+between scenes (std over scenes / mean |x|) of the pixels, of each vision-tower token and each
+VLM position (largest and median), of the pooled prompt and of the condition vector. A few
+tokens that vary a lot and a pooled vector that varies little mean the pooling dilutes them.
+
     python bench/image_sensitivity.py --checkpoint runs/demo/stage3/final \
         --data runs/demo/data/aloha-transfer-cube
 """
@@ -25,6 +30,7 @@ import torch
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset
 from dexvla.embodiments import get_embodiment
 from dexvla.model.policy import DexVLAPolicy
+from dexvla.model.vlm import masked_mean
 
 # ALOHA's two arms (joints + gripper) in its 14-D action; other embodiments: all dimensions.
 GROUPS = {"aloha": {"left arm": slice(0, 7), "right arm": slice(7, 14)}}
@@ -36,6 +42,7 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="a LeRobot v3 dataset the policy knows")
     parser.add_argument("--pairs", type=int, default=6, help="episode pairs (i, i + offset)")
     parser.add_argument("--frames", type=int, nargs="+", default=[0, 40], help="frames t")
+    parser.add_argument("--scenes", type=int, default=12, help="episodes for the signal path")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -83,6 +90,54 @@ def main() -> None:
     for name in groups:
         image, noise = np.mean(image_effect[name]), np.mean(noise_effect[name])
         print(f"{name:<12} {image:>13.4f} {noise:>13.4f} {image / noise:>8.3f}")
+    scenes = min(args.scenes, dataset.num_episodes)
+    print(f"\nbetween-scene spread, frame 0 of {scenes} episodes (std over scenes / mean |x|)")
+    for name, (largest, median) in signal_path(policy, dataset, scenes).items():
+        print(f"{name:<22} largest {largest:.4f}   median {median:.4f}")
+
+
+def spread(x: torch.Tensor) -> torch.Tensor:
+    """(N, positions, D) -> per-position std over the N scenes, relative to mean |x|."""
+    x = x.float()
+    return x.std(0).mean(-1) / x.abs().mean()
+
+
+@torch.no_grad()
+def signal_path(
+    policy: DexVLAPolicy, dataset: LeRobotV3Dataset, scenes: int
+) -> dict[str, tuple[float, float]]:
+    """Largest and median between-scene spread at each stage of the condition's path."""
+    embodiment = dataset.embodiment
+    batch = {
+        f"observation.images.{cam}": torch.from_numpy(
+            np.stack([dataset.image(i, 0, cam) for i in range(scenes)])
+        )
+        .permute(0, 3, 1, 2)
+        .float()
+        / 255
+        for cam in get_embodiment(embodiment).cameras
+    }
+    batch["task"] = [dataset.lowdim(0)["task"]] * scenes
+    vision = policy._vlm_inputs(batch, embodiment)
+    tokens = policy.vlm.model.visual(vision["pixel_values"], grid_thw=vision["image_grid_thw"])
+    tokens = getattr(tokens, "pooler_output", tokens)
+    cameras = len(get_embodiment(embodiment).cameras)
+    encoded = policy.prompts.encode(policy._tokens_per_image(cameras), batch["task"], [""] * scenes)
+    hidden = policy._hidden(encoded.input_ids, encoded.attention_mask, vision)
+    prompt = masked_mean(hidden, encoded.prompt_mask)
+    cond = policy.fusion(prompt, torch.zeros_like(prompt))
+    stages = {
+        "pixels": vision["pixel_values"].reshape(scenes, 1, -1),
+        "vision-tower tokens": tokens.reshape(scenes, -1, tokens.shape[-1]),
+        "VLM positions": hidden,
+        "pooled prompt": prompt[:, None],
+        "condition vector": cond[:, None],
+    }
+    result = {}
+    for name, values in stages.items():
+        per_position = spread(values)
+        result[name] = (float(per_position.max()), float(per_position.median()))
+    return result
 
 
 if __name__ == "__main__":

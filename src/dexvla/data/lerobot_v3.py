@@ -701,7 +701,7 @@ class LeRobotV3Dataset:
             seed=None if seed is None else int(seed),
             task_name=row.get("dexvla/task_name") or "",
             info=json.loads(row.get("dexvla/info") or "{}"),
-            camera_fovy=self.camera_fovy,
+            camera_fovy=dict(self.camera_fovy),
         )
         try:
             episode.validate()

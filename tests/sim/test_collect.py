@@ -1,6 +1,7 @@
 """`dexvla collect`: LeRobot v3 output, seeds per episode, resume, failed seeds."""
 
 import json
+from concurrent.futures import ALL_COMPLETED
 
 import pytest
 
@@ -70,3 +71,19 @@ def test_attempt_cap_stops_a_failing_expert(tmp_path, monkeypatch):
         "sawyer-reach", episodes=1, out=tmp_path / "x", image_size=8, max_attempts=2, progress=False
     )
     assert report.new_episodes == 0 and report.failed_seeds == [0, 1]
+
+
+def test_parallel_workers_write_in_seed_order_whatever_finishes_first(tmp_path, monkeypatch):
+    """Report the newest seed as finished first: the dataset must still be in seed order."""
+    real_wait = collect_mod.wait
+
+    def newest_first(running, return_when):
+        real_wait(list(running), return_when=ALL_COMPLETED)
+        newest = max(running, key=running.get)
+        return {newest}, set(running) - {newest}
+
+    monkeypatch.setattr(collect_mod, "wait", newest_first)
+    out = tmp_path / "ordered"
+    assert main([*ARGS, "--episodes", "4", "--out", str(out), "--workers", "2"]) == 0
+    dataset = LeRobotV3Dataset(out)
+    assert [dataset.episode(i).seed for i in range(4)] == [0, 1, 2, 3]

@@ -4,13 +4,15 @@ Seeds: the i-th candidate is `seed + i`. Only successful episodes are written; a
 remembered in `<out>/dexvla_collect.json` and the next seed is tried instead, so a finished run
 holds exactly `episodes` successful demonstrations and every stored episode carries its seed.
 Re-running skips seeds already in the dataset (or known to fail) and collects only what is
-missing. One dataset directory holds one task.
+missing. Parallel workers' episodes are written in seed order, as one worker's would be, so a
+dataset does not depend on which worker finished first. One dataset directory holds one task.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -134,9 +136,10 @@ def collect(
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(workers, context, initializer=_configure_process) as pool:
                 running: dict[Future, int] = {}
+                finished: dict[int, Episode] = {}  # done, waiting for an earlier seed
                 while True:
                     while (
-                        report.new_episodes + len(running) < need
+                        report.new_episodes + len(running) + len(finished) < need
                         and len(running) < 2 * workers
                         and attempts < budget
                     ):
@@ -147,7 +150,12 @@ def collect(
                         break
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
-                        handle(running.pop(future), future.result())
+                        finished[running.pop(future)] = future.result()
+                    # In seed order, whatever timing: a dataset does not depend on which
+                    # worker finished first.
+                    first_running = min(running.values(), default=math.inf)
+                    for candidate in sorted(c for c in finished if c < first_running):
+                        handle(candidate, finished.pop(candidate))
         bar.close()
         report.total_episodes = writer.num_episodes
     report.seconds = time.perf_counter() - start

@@ -80,6 +80,11 @@ def aggregate_stats(parts: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarr
     return out
 
 
+def fovy_differs(first: float, second: float) -> bool:
+    """Whether two fields of view (degrees) differ by more than rounding."""
+    return abs(first - second) > FOVY_TOLERANCE
+
+
 def _merge_fovy(
     first: Mapping[str, Mapping[str, float]], second: Mapping[str, Mapping[str, float]]
 ) -> dict[str, dict[str, float]]:
@@ -88,7 +93,7 @@ def _merge_fovy(
     for name, cams in second.items():
         mine = merged.setdefault(name, {})
         for cam, fovy in cams.items():
-            if cam in mine and abs(mine[cam] - fovy) > FOVY_TOLERANCE:
+            if cam in mine and fovy_differs(mine[cam], fovy):
                 raise ValueError(
                     f"{name} camera {cam!r}: datasets disagree on its field of view "
                     f"({mine[cam]:g} vs {fovy:g} degrees); data from different simulator "

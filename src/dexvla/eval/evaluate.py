@@ -269,7 +269,7 @@ def check_cameras(checkpoint: Path, task: str) -> None:
     The checkpoint's stats.json carries them where the data recorded them; a policy trained at
     another field of view sees every object at another scale and fails for no visible reason.
     """
-    from dexvla.data.stats import FOVY_TOLERANCE, DatasetStats
+    from dexvla.data.stats import DatasetStats, fovy_differs
     from dexvla.sim.registry import get_task, task_camera_fovy
 
     path = Path(checkpoint) / "stats.json"
@@ -281,7 +281,7 @@ def check_cameras(checkpoint: Path, task: str) -> None:
         return
     rendered = task_camera_fovy(task)
     for cam, fovy in sorted(trained.items()):
-        if cam in rendered and abs(rendered[cam] - fovy) > FOVY_TOLERANCE:
+        if cam in rendered and fovy_differs(rendered[cam], fovy):
             raise ValueError(
                 f"checkpoint {checkpoint} was trained on camera {cam!r} at a {fovy:g} degree "
                 f"field of view, but task {task!r} renders it at {rendered[cam]:g} degrees: "

@@ -21,7 +21,7 @@ from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ALL_V3_ENVIRONMENTS_GOAL_OBS
 
 from dexvla.sim.render import CameraRenderer, camera_fovy
 
-SAWYER_CAMERA = "corner2"
+SAWYER_CAMERAS = {"cam_high": "corner2"}  # embodiment camera -> MetaWorld camera
 MAX_PATH_LENGTH = 500  # MetaWorld refuses to step past this
 
 
@@ -68,11 +68,9 @@ class SawyerEnv(gym.Env):
         self.max_steps = max_steps
         self.mw_env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[key]()
         self.mw_env.seeded_rand_vec = True
-        self.camera_fovy = camera_fovy(self.mw_env.model, {"cam_high": SAWYER_CAMERA})
+        self.camera_fovy = camera_fovy(self.mw_env.model, SAWYER_CAMERAS)
         self.renderer = (
-            CameraRenderer(self.mw_env.model, {"cam_high": SAWYER_CAMERA}, image_size)
-            if render
-            else None
+            CameraRenderer(self.mw_env.model, SAWYER_CAMERAS, image_size) if render else None
         )
         h, w = image_size
         spaces = {"observation.state": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)}

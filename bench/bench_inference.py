@@ -34,12 +34,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from dexvla.data.stats import DatasetStats
 from dexvla.embodiments import get_embodiment
-from dexvla.infer.runtime import InferenceRuntime, RuntimeConfig
-from dexvla.model.policy import DexVLAPolicy
-from dexvla.presets import get_policy_preset
-from dexvla.processing import DexVLAProcessor
+from dexvla.policy.configuration import get_policy_preset
+from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.processor import DexVLAProcessor
+from dexvla.runtime.inference import InferenceRuntime, RuntimeConfig
+from dexvla.stats import DatasetStats
 
 TARGET_ACTIONS_PER_S = 60.0
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from dexvla.model.scaledp import SCALEDP_PRESETS, ScaleDP, ScaleDPConfig, count_parameters
+from dexvla.policy.scaledp import SCALEDP_PRESETS, ScaleDP, ScaleDPConfig, count_parameters
 
 
 def step_flops(config: ScaleDPConfig, embodiment: str, batch: int, steps: int) -> int:

@@ -24,7 +24,7 @@ from dexvla.data.episode import Episode
 from dexvla.data.lerobot_v3 import LeRobotV3Writer
 from dexvla.data.windows import collate_windows
 from dexvla.embodiments import get_embodiment
-from dexvla.train.loop import Trainer, build_optimizer
+from dexvla.train.engine import Trainer, build_optimizer
 from dexvla.train.metrics import read_metrics
 from dexvla.train.stages import build_model, get_stage_preset, load_stage_data
 

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 from transformers import Qwen2VLForConditionalGeneration
 
-from dexvla.data.stats import DatasetStats
 from dexvla.embodiments import get_embodiment
-from dexvla.model.policy import DexVLAPolicy
-from dexvla.model.tokenizer import load_tiny_tokenizer
-from dexvla.model.vlm import qwen2vl_config
-from dexvla.presets import get_policy_preset
-from dexvla.processing import DexVLAProcessor
+from dexvla.policy.configuration import get_policy_preset
+from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.processor import DexVLAProcessor
+from dexvla.policy.tokenizer import load_tiny_tokenizer
+from dexvla.policy.vlm import qwen2vl_config
+from dexvla.stats import DatasetStats
 
 TARGETS_MS = {"reasoning": 60.0, "cached": 20.0}
 QWEN2_VL_VOCAB = 151_936

@@ -29,8 +29,8 @@ import torch
 
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset
 from dexvla.embodiments import get_embodiment
-from dexvla.model.policy import DexVLAPolicy
-from dexvla.model.vlm import masked_mean
+from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.vlm import masked_mean
 
 # ALOHA's two arms (joints + gripper) in its 14-D action; other embodiments: all dimensions.
 GROUPS = {"aloha": {"left arm": slice(0, 7), "right arm": slice(7, 14)}}

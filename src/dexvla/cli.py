@@ -11,14 +11,14 @@ import importlib
 import sys
 
 COMMAND_MODULES = (
-    "dexvla.model.commands",
+    "dexvla.policy.commands",
     "dexvla.serve.commands",
     "dexvla.sim.commands",
     "dexvla.data.commands",
     "dexvla.eval.commands",
     "dexvla.train.commands",
-    "dexvla.demo",
-    "dexvla.benchmarks.commands",
+    "dexvla.experiments.demo",
+    "dexvla.experiments.commands",
 )
 
 

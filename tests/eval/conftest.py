@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from dexvla.data.stats import DatasetStats
-from dexvla.model.policy import DexVLAPolicy
-from dexvla.presets import get_policy_preset
-from dexvla.processing import DexVLAProcessor
+from dexvla.policy.configuration import get_policy_preset
+from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.processor import DexVLAProcessor
+from dexvla.stats import DatasetStats
 
 
 def tiny_policy() -> DexVLAPolicy:

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from dexvla.cli import main
-from dexvla.data.stats import DatasetStats
 from dexvla.eval import DEFAULT_EVAL_SEED
 from dexvla.eval.evaluate import (
     EPISODES_FILE,
@@ -17,6 +16,7 @@ from dexvla.eval.evaluate import (
     load_records,
 )
 from dexvla.eval.report import annotate_frame, summarize, wilson_interval
+from dexvla.stats import DatasetStats
 
 TASK = "aloha-transfer-cube"
 

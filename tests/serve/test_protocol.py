@@ -97,7 +97,7 @@ def test_malformed_messages_raise_protocol_error(message: bytes, match: str) -> 
 def test_the_client_imports_without_torch_or_the_model() -> None:
     code = (
         "import sys, dexvla.serve.client\n"
-        "heavy = [m for m in ('torch', 'transformers', 'dexvla.model') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'dexvla.policy') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)

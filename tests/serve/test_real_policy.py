@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dexvla.model.policy import DexVLAPolicy
+from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.serve.client import PolicyServerError, WebsocketClientPolicy
 from dexvla.serve.server import PolicyServer
 from dexvla.serve.service import ChunkPolicyService
 
-from ..model.conftest import make_observation, make_policy
+from ..policy.conftest import make_observation, make_policy
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
-from dexvla.infer.runtime import Reasoning
+from dexvla.runtime.inference import Reasoning
 from dexvla.serve.client import PolicyServerError, WebsocketClientPolicy
 from dexvla.serve.protocol import packb, unpackb
 from dexvla.serve.server import PolicyServer
@@ -360,7 +360,7 @@ def test_serve_command_wires_checkpoint_embodiment_and_limits(monkeypatch) -> No
 
     fake_class = SimpleNamespace(from_pretrained=from_pretrained)
     fake_module = SimpleNamespace(DexVLAPolicy=fake_class)
-    monkeypatch.setitem(sys.modules, "dexvla.model.policy", fake_module)
+    monkeypatch.setitem(sys.modules, "dexvla.policy.modeling", fake_module)
     seen: list[PolicyServer] = []
 
     async def serve_once(self: PolicyServer) -> None:

@@ -23,7 +23,7 @@ from dexvla.train import (
 )
 from dexvla.train import checkpoint as checkpoint_module
 from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE, load_tensors, save_tensors
-from dexvla.train.loop import EMA
+from dexvla.train.engine import EMA
 
 
 def fast_config(**overrides) -> TrainConfig:
@@ -240,14 +240,14 @@ def test_bf16_on_cpu_falls_back_to_fp32(tmp_path: Path, caplog: pytest.LogCaptur
     assert trainer.model.net[0].weight.dtype == torch.float32
 
 
-def test_crash_after_sealing_before_rename_keeps_previous(tmp_path: Path) -> None:
+def test_error_after_sealing_before_rename_keeps_previous(tmp_path: Path) -> None:
     config = fast_config(steps=6, save_every=2)
     trainer = Trainer(make_policy(), ToyDataset(), config, tmp_path)
     write_json = checkpoint_module._write_json
 
     def crash_after_manifest(path: Path, obj: object) -> None:
         write_json(path, obj)
-        if path.name == MANIFEST_FILE and "ckpt-000004.tmp" in str(path):
+        if path.name == MANIFEST_FILE and ".step-000004.tmp-" in str(path):
             raise OSError("simulated crash")
 
     checkpoint_module._write_json = crash_after_manifest
@@ -257,10 +257,11 @@ def test_crash_after_sealing_before_rename_keeps_previous(tmp_path: Path) -> Non
     finally:
         checkpoint_module._write_json = write_json
     root = tmp_path / "checkpoints"
-    assert [p.name for p in root.glob("ckpt-000004.tmp-*")]  # sealed, but never moved in place
+    assert not list(root.glob(".*.tmp-*"))  # the sealed staging directory is removed ...
+    assert not (root / "step-000004").exists()  # ... and never moved in place
     assert latest_checkpoint(root) == root / "step-000002"
     assert Trainer(make_policy(), ToyDataset(), config, tmp_path, resume=True).train().step == 6
-    assert not list(root.glob("*.tmp-*"))
+    assert not list(root.glob(".*.tmp-*"))
 
 
 def test_gradient_checkpointing_flag_reaches_the_model(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ KILLED_RUN = textwrap.dedent(
 
     def save_tensors(tensors, path, metadata=None):
         write_tensors(tensors, path, metadata)
-        if f"ckpt-{kill_step:06d}.tmp" in str(path) and str(path).endswith("model.safetensors"):
+        if f".step-{kill_step:06d}.tmp-" in str(path) and str(path).endswith("model.safetensors"):
             os.kill(os.getpid(), signal.SIGKILL)
 
     checkpoint.save_tensors = save_tensors
@@ -65,7 +65,7 @@ def test_sigkill_during_save_resumes_from_last_complete(tmp_path: Path) -> None:
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     root = out / "checkpoints"
-    leftovers = [p.name for p in root.iterdir() if p.name.startswith("ckpt-000004.tmp-")]
+    leftovers = [p.name for p in root.iterdir() if p.name.startswith(".step-000004.tmp-")]
     assert len(leftovers) == 1  # the half-written checkpoint is there ...
     assert latest_checkpoint(root) == root / "step-000002"  # ... but never chosen
 

@@ -12,12 +12,12 @@ import torch
 from dexvla.cli import main
 from dexvla.data.episode import Episode
 from dexvla.data.lerobot_v3 import LeRobotV3Writer
-from dexvla.data.stats import DatasetStats
 from dexvla.embodiments import get_embodiment
-from dexvla.model.policy import DexVLAPolicy
-from dexvla.model.scaledp import ScaleDP
-from dexvla.presets import get_policy_preset
-from dexvla.processing import DexVLAProcessor
+from dexvla.policy.configuration import get_policy_preset
+from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.processor import DexVLAProcessor
+from dexvla.policy.scaledp import ScaleDP
+from dexvla.stats import DatasetStats
 from dexvla.train.metrics import read_metrics
 from dexvla.train.stage1 import STAGE1_KIND, load_stage1_expert, map_stage1_state, read_stage1
 from dexvla.train.stages import (

@@ -81,7 +81,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_annotate(args: argparse.Namespace) -> int:
-    from dexvla.data.annotate import annotate_dataset, evaluate_on_sim
+    from dexvla.annotate.annotate import annotate_dataset, evaluate_on_sim
 
     if args.sim_task:
         result = evaluate_on_sim(args.sim_task, range(args.episodes))

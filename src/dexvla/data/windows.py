@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from dexvla.data.sources import EpisodeSource
-from dexvla.data.stats import ACTION, STATE, Normalizer
+from dexvla.stats import ACTION, STATE, Normalizer
 
 PAD_MODES = ("last", "zero")
 IMAGE_PREFIX = "observation.images."

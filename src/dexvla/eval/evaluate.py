@@ -24,9 +24,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from dexvla.data.atomic import atomic_write
 from dexvla.eval import DEFAULT_EVAL_SEED, report
 from dexvla.eval.rollout import RuntimePolicy, ScriptedPolicy, run_episode
+from dexvla.io import atomic_write
 
 EPISODES_FILE = "episodes.jsonl"
 INFO_FILE = "eval_info.json"
@@ -135,7 +135,7 @@ def _init_worker(config: EvalConfig) -> None:
     os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    from dexvla.infer.runtime import RuntimeConfig
+    from dexvla.runtime.inference import RuntimeConfig
     from dexvla.sim.registry import get_task, make_env, make_expert
 
     spec = get_task(config.task)
@@ -143,7 +143,7 @@ def _init_worker(config: EvalConfig) -> None:
     if config.policy == "scripted":
         policy: Any = ScriptedPolicy(make_expert(config.task))
     else:
-        from dexvla.model.policy import DexVLAPolicy
+        from dexvla.policy.modeling import DexVLAPolicy
 
         model = DexVLAPolicy.from_pretrained(config.checkpoint, device=config.device)
         runtime = RuntimeConfig(
@@ -269,8 +269,8 @@ def check_cameras(checkpoint: Path, task: str) -> None:
     The checkpoint's stats.json carries them where the data recorded them; a policy trained at
     another field of view sees every object at another scale and fails for no visible reason.
     """
-    from dexvla.data.stats import DatasetStats, fovy_differs
     from dexvla.sim.registry import get_task, task_camera_fovy
+    from dexvla.stats import DatasetStats, fovy_differs
 
     path = Path(checkpoint) / "stats.json"
     if not path.is_file():

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from dexvla.data.atomic import atomic_write
 from dexvla.eval.rollout import EpisodeResult
+from dexvla.io import atomic_write
 
 TEXT_BAND = 28  # pixels of black band under the cameras for the sub-step text
 

@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from dexvla.infer.runtime import InferenceRuntime, RuntimeConfig
+from dexvla.runtime.inference import InferenceRuntime, RuntimeConfig
 from dexvla.sim.registry import TaskSpec
 
 

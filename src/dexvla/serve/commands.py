@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dexvla.model.policy import DexVLAPolicy
+    from dexvla.policy.modeling import DexVLAPolicy
     from dexvla.serve.server import PolicyServer
     from dexvla.serve.service import ChunkPolicyService
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dexvla.embodiments import Embodiment, get_embodiment
-from dexvla.infer.runtime import ChunkPolicy
+from dexvla.runtime.inference import ChunkPolicy
 
 PROTOCOL_NAME = "openpi-msgpack-numpy"
 PROTOCOL_VERSION = 1

@@ -16,7 +16,7 @@ from dexvla.train.checkpoint import (
 )
 from dexvla.train.config import ConfigMismatchError, TrainConfig
 from dexvla.train.distributed import DistInfo, ResumableBatchSampler, init_distributed
-from dexvla.train.loop import EMA, Trainer, TrainResult, seed_everything
+from dexvla.train.engine import EMA, Trainer, TrainResult, seed_everything
 from dexvla.train.metrics import MetricsLogger, plot_loss_curve, read_metrics
 
 __all__ = [

@@ -12,16 +12,15 @@ A checkpoint is a directory `step-XXXXXX/` under the run's checkpoint root:
 | `config.json` | the `TrainConfig` |
 | `manifest.json` | written last: every file's size; a directory without it is incomplete |
 
-Rank 0 writes everything into `ckpt-XXXXXX.tmp-<pid>/`, fsyncs each file, writes the manifest,
-then renames the directory into place (`os.replace`), so a crash at any moment leaves either the
-previous checkpoints or a complete new one. Nothing is ever unpickled when loading.
+Rank 0 writes everything into a staging directory (`dexvla.io.atomic_directory`), writes the
+manifest last, and the directory is renamed into place, so a crash at any moment leaves either
+the previous checkpoints or a complete new one. Nothing is ever unpickled when loading.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -41,6 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from dexvla.io import atomic_directory, atomic_write_json
 from dexvla.train.config import ConfigMismatchError, TrainConfig
 from dexvla.train.distributed import DistInfo, all_gather_objects, barrier, unwrap_model
 
@@ -56,7 +56,6 @@ STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_TMP_DIR = re.compile(r"^ckpt-\d+\.tmp-\d+$")
 _TENSOR_REF = "__tensor__"
 
 
@@ -68,25 +67,8 @@ def checkpoint_dir(root: str | Path, step: int) -> Path:
 # ---------------------------------------------------------------- files
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
 def _write_json(path: Path, obj: Any) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    atomic_write_json(path, obj, sort_keys=True)
 
 
 def save_tensors(
@@ -119,7 +101,6 @@ def save_tensors(
     if aliases:
         meta["aliases"] = json.dumps(aliases, sort_keys=True)
     save_file(unique, str(path), metadata=meta)
-    _fsync_file(Path(path))
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -228,46 +209,34 @@ def save_checkpoint(
     root = Path(root)
     final = checkpoint_dir(root, step)
     if info.is_main:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f"ckpt-{step:06d}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        save_tensors(model_sd, tmp / MODEL_FILE)
-        if ema_state is not None:
-            save_tensors(ema_state, tmp / EMA_FILE)
-        optim_tensors, optim_json = _flatten_optimizer(optim_sd)
-        save_tensors(optim_tensors, tmp / OPTIM_TENSORS_FILE)
-        _write_json(tmp / OPTIM_JSON_FILE, optim_json)
-        rng_tensors = {
-            f"rank{r}.{k}": v
-            for r, s in enumerate(rng_states)
-            for k, v in s.items()
-            if k in ("torch", "cuda")
-        }
-        save_tensors(rng_tensors, tmp / RNG_FILE)
-        state = {
-            **trainer_state,
-            "step": step,
-            "world_size": info.world_size,
-            "scheduler": scheduler.state_dict(),
-            "rng": [{"python": s["python"], "numpy": s["numpy"]} for s in rng_states],
-        }
-        _write_json(tmp / STATE_FILE, state)
-        _write_json(tmp / CONFIG_FILE, config.to_dict())
-        if on_save is not None:
-            on_save(tmp)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
-        _write_json(tmp / MANIFEST_FILE, {"format": FORMAT_VERSION, "step": step, "files": files})
-        _fsync_dir(tmp)
-        if final.exists():
-            old = root / f"{final.name}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
+        with atomic_directory(final) as tmp:
+            save_tensors(model_sd, tmp / MODEL_FILE)
+            if ema_state is not None:
+                save_tensors(ema_state, tmp / EMA_FILE)
+            optim_tensors, optim_json = _flatten_optimizer(optim_sd)
+            save_tensors(optim_tensors, tmp / OPTIM_TENSORS_FILE)
+            _write_json(tmp / OPTIM_JSON_FILE, optim_json)
+            rng_tensors = {
+                f"rank{r}.{k}": v
+                for r, s in enumerate(rng_states)
+                for k, v in s.items()
+                if k in ("torch", "cuda")
+            }
+            save_tensors(rng_tensors, tmp / RNG_FILE)
+            state = {
+                **trainer_state,
+                "step": step,
+                "world_size": info.world_size,
+                "scheduler": scheduler.state_dict(),
+                "rng": [{"python": s["python"], "numpy": s["numpy"]} for s in rng_states],
+            }
+            _write_json(tmp / STATE_FILE, state)
+            _write_json(tmp / CONFIG_FILE, config.to_dict())
+            if on_save is not None:
+                on_save(tmp)
+            files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+            manifest = {"format": FORMAT_VERSION, "step": step, "files": files}
+            _write_json(tmp / MANIFEST_FILE, manifest)
         if keep_last > 0:
             prune_checkpoints(root, keep_last)
     barrier()
@@ -281,16 +250,6 @@ def prune_checkpoints(root: str | Path, keep_last: int) -> list[Path]:
     for path in doomed:
         shutil.rmtree(path)
     return doomed
-
-
-def remove_stale_tmp(root: str | Path) -> None:
-    """Delete half-written checkpoint directories left by a crashed writer."""
-    root = Path(root)
-    if root.is_dir():
-        for path in root.iterdir():
-            if path.is_dir() and _TMP_DIR.match(path.name):
-                log.warning("removing incomplete checkpoint %s", path)
-                shutil.rmtree(path)
 
 
 # ---------------------------------------------------------------- find and validate

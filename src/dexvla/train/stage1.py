@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +25,21 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dexvla.data.stats import DatasetStats
 from dexvla.embodiments import get_embodiment
-from dexvla.model.diffusion import ActionDiffusion
-from dexvla.model.policy import (
+from dexvla.io import atomic_directory, atomic_write_json
+from dexvla.policy.diffusion import ActionDiffusion
+from dexvla.policy.modeling import (
     CONFIG_NAME,
     STATS_NAME,
     WEIGHTS_NAME,
     DexVLAPolicy,
     PolicyConfig,
-    _replace_directory,
     check_state_dict,
 )
-from dexvla.model.scaledp import ScaleDP
-from dexvla.model.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean
-from dexvla.processing import IMAGE_PREFIX, resize_images
+from dexvla.policy.processor import IMAGE_PREFIX, resize_images
+from dexvla.policy.scaledp import ScaleDP
+from dexvla.policy.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean
+from dexvla.stats import DatasetStats
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +166,7 @@ class Stage1Policy(nn.Module):
     def save_final(self, directory: Path, stats: DatasetStats, stage: dict[str, Any]) -> Path:
         """Write config.json, model.safetensors (expert + projection), stats.json atomically."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-        try:
+        with atomic_directory(directory) as staging:
             config = {
                 "kind": STAGE1_KIND,
                 "policy": self.config.to_dict(),
@@ -183,13 +179,9 @@ class Stage1Policy(nn.Module):
                 },
                 "stage": stage,
             }
-            (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+            atomic_write_json(staging / CONFIG_NAME, config)
             save_file(self.trainable_state(), str(staging / WEIGHTS_NAME))
             stats.save(staging / STATS_NAME)
-            _replace_directory(staging, directory)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return directory
 
 

@@ -26,9 +26,7 @@ from peft.tuners.lora import LoraModel
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
-from dexvla.data.atomic import atomic_write_json
 from dexvla.data.sources import open_dataset
-from dexvla.data.stats import DatasetStats, Normalizer
 from dexvla.data.windows import (
     ChunkWindows,
     EmbodimentBatchSampler,
@@ -36,12 +34,14 @@ from dexvla.data.windows import (
     collate_windows,
 )
 from dexvla.embodiments import get_embodiment
-from dexvla.model.policy import DexVLAPolicy, PolicyConfig, expert_heads
-from dexvla.presets import POLICY_PRESETS, get_policy_preset
-from dexvla.processing import DexVLAProcessor
+from dexvla.io import atomic_write_json
+from dexvla.policy.configuration import POLICY_PRESETS, get_policy_preset
+from dexvla.policy.modeling import DexVLAPolicy, PolicyConfig, expert_heads
+from dexvla.policy.processor import DexVLAProcessor
+from dexvla.stats import DatasetStats, Normalizer
 from dexvla.train.checkpoint import latest_checkpoint, load_model_weights
 from dexvla.train.config import TrainConfig
-from dexvla.train.loop import CHECKPOINTS_DIR, Trainer
+from dexvla.train.engine import CHECKPOINTS_DIR, Trainer
 from dexvla.train.stage1 import Stage1Policy, load_stage1_expert
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,169 @@
+"""Named benchmark suites: which tasks, which variants ("arms") of the recipe, at which size.
+
+A suite trains every arm on every task for every seed and evaluates each result closed-loop
+on the same evaluation seeds. An arm is a training recipe: the policy preset (expert size),
+the stages that run, whether the sub-step reasoning is used, how many target-task
+demonstrations it sees and which tasks stage 1 pre-trains on. Two arms (in any suites) with the
+same recipe at the same size share their runs on disk, so e.g. `ablate-stage1` reuses the
+transfer-cube runs of `aloha-sim`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dexvla.experiments.pipeline import CI_SIZE, RunSize
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One variant of the training recipe compared in a suite."""
+
+    name: str
+    policy: str | None = None  # policy preset; None: the size's (tiny unless --preset)
+    stages: tuple[int, ...] = (1, 2, 3)
+    reasoning: bool = True
+    episodes_scale: float = 1.0  # target-task demonstrations, as a fraction of the size's
+    pretrain_tasks: tuple[str, ...] | None = None  # stage 1: None = target task + size's tasks
+    stage1_embodiments: tuple[str, ...] | None = None  # stage-1 expert heads (None: preset's)
+
+    def __post_init__(self) -> None:
+        if not self.stages or set(self.stages) - {1, 2, 3} or 2 not in self.stages:
+            raise ValueError(f"arm {self.name!r}: stages must include 2, got {self.stages}")
+        if list(self.stages) != sorted(set(self.stages)):
+            raise ValueError(f"arm {self.name!r}: stages must be increasing, got {self.stages}")
+        if not 0 < self.episodes_scale <= 1:
+            raise ValueError(f"arm {self.name!r}: episodes_scale must be in (0, 1]")
+
+    def policy_for(self, size: RunSize) -> str:
+        return self.policy or size.preset
+
+    def episodes(self, size: RunSize) -> int:
+        return max(1, round(size.episodes * self.episodes_scale))
+
+    def stage1_tasks(self, size: RunSize, task: str) -> tuple[str, ...]:
+        if self.pretrain_tasks is not None:
+            return self.pretrain_tasks + size.pretrain_tasks
+        return (task, *size.pretrain_tasks)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named comparison: arms x tasks, with published reference success rates if any."""
+
+    name: str
+    description: str
+    tasks: tuple[str, ...]
+    arms: tuple[Arm, ...]
+    reference: dict[str, float] = field(default_factory=dict)  # task -> success rate
+    reference_name: str = ""
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"suite {self.name!r}: arm names repeat: {names}")
+
+
+HAND_TASK = "hand-pick-place"
+
+SUITES: dict[str, Suite] = {
+    suite.name: suite
+    for suite in (
+        Suite(
+            name="aloha-sim",
+            description="ALOHA transfer cube and insertion from scripted demonstrations, "
+            "the full three-stage recipe, against ACT's published success rates",
+            tasks=("aloha-transfer-cube", "aloha-insertion"),
+            arms=(Arm("DexVLA (stages 1-3)"),),
+            reference={"aloha-transfer-cube": 0.97, "aloha-insertion": 0.90},
+            reference_name="ACT (scripted data, Zhao et al. 2023)",
+            notes="ACT's figures come from 480x640 cameras, an 80M-parameter policy and "
+            "hours of GPU training; compare sizes before comparing numbers.",
+        ),
+        Suite(
+            name="ablate-expert-size",
+            description="the same data and stages with three expert sizes in the paper's "
+            "ratios (93M : 410M : 1B, scaled down to tiny / tiny-l / tiny-h)",
+            tasks=("aloha-transfer-cube",),
+            arms=(
+                Arm("ScaleDP tiny (1x)", policy="tiny"),
+                Arm("ScaleDP tiny-l (4.4x)", policy="tiny-l"),
+                Arm("ScaleDP tiny-h (10x)", policy="tiny-h"),
+            ),
+        ),
+        Suite(
+            name="ablate-stage1",
+            description="stages 1-3 against stages 2-3 (no cross-embodiment pre-training)",
+            tasks=("aloha-transfer-cube",),
+            arms=(
+                Arm("with stage 1 (stages 1-3)"),
+                Arm("without stage 1 (stages 2-3)", stages=(2, 3)),
+            ),
+        ),
+        Suite(
+            name="ablate-substeps",
+            description="with and without sub-step reasoning on the long multi-stage "
+            "ALOHA task (cube to bin: six reward stages)",
+            tasks=("aloha-cube-to-bin",),
+            arms=(
+                Arm("with sub-step reasoning"),
+                Arm("without sub-step reasoning", reasoning=False),
+            ),
+        ),
+        Suite(
+            name="cross-embodiment",
+            description="few-shot on the dexterous hand (a fifth of the demonstrations), "
+            "from scratch against after stage-1 pre-training on ALOHA and Sawyer only",
+            tasks=(HAND_TASK,),
+            arms=(
+                Arm("few-shot, from scratch (stages 2-3)", stages=(2, 3), episodes_scale=0.2),
+                Arm(
+                    "few-shot, pre-trained without the hand (stages 1-3)",
+                    episodes_scale=0.2,
+                    pretrain_tasks=("aloha-transfer-cube",),
+                    stage1_embodiments=("aloha", "sawyer", "hand"),
+                ),
+            ),
+            notes="Zero-shot is not run: the hand's 18-D action head gets no gradient before "
+            "the hand's own data, so a zero-shot hand policy is an untrained head. Stage 1 "
+            "builds the hand head but trains only the shared trunk.",
+        ),
+    )
+}
+
+BENCH_SIZES: dict[str, RunSize] = {
+    "ci": CI_SIZE,
+    "cpu": RunSize(
+        name="cpu",
+        episodes=50,
+        pretrain_tasks=("sawyer-reach", "sawyer-pick-place"),
+        pretrain_episodes=10,
+        image_size=84,
+        steps=(1000, 1500, 500),
+        batch_size=8,
+        eval_episodes=20,
+        eval_max_steps=None,
+        workers=2,
+        description="50 demonstrations, short training, 20 evaluation episodes (2-core CPU)",
+    ),
+    "full": RunSize(
+        name="full",
+        episodes=50,
+        pretrain_tasks=("sawyer-reach", "sawyer-pick-place", "sawyer-push"),
+        pretrain_episodes=50,
+        image_size=128,
+        steps=(10000, 20000, 10000),
+        batch_size=32,
+        eval_episodes=50,
+        eval_max_steps=None,
+        workers=4,
+        description="the issue's protocol: 50 demonstrations, 50 evaluation episodes (GPU)",
+    ),
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise KeyError(f"unknown benchmark suite {name!r}; known: {', '.join(SUITES)}")
+    return SUITES[name]

@@ -1,0 +1,154 @@
+"""The policy's input and output transforms, kept outside the model.
+
+`DexVLAProcessor` validates raw observations (what a robot, a simulator or the server sends),
+turns them into the model's batch layout, normalises state (z-score) and un-normalises actions
+(min-max [-1, 1] -> robot units) per embodiment. `resize_images` is the one image resize used
+by training and inference alike, so the VLM always sees the same token count per camera.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dexvla.embodiments import get_embodiment
+from dexvla.stats import DatasetStats, Normalizer
+
+Observation = dict[str, Any]
+STATE_KEY = "observation.state"
+IMAGE_PREFIX = "observation.images."
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize float images (B, 3, H, W) in [0, 1] to `size` (h, w): bilinear with antialiasing."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    resized = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True)
+    return resized.clamp(0.0, 1.0)
+
+
+class DexVLAProcessor:
+    """Validation, batching and normalisation for the embodiments a policy serves."""
+
+    def __init__(
+        self,
+        image_size: tuple[int, int],
+        embodiments: tuple[str, ...],
+        stats: DatasetStats | None = None,
+    ) -> None:
+        self.image_size = tuple(image_size)
+        self.embodiments = tuple(embodiments)
+        self.stats = stats
+        self.normalizer = Normalizer(stats) if stats is not None else None
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        return resize_images(images, self.image_size)
+
+    def set_stats(self, stats: DatasetStats) -> None:
+        self.stats = stats
+        self.normalizer = Normalizer(stats)
+
+    def _require_normalizer(self) -> Normalizer:
+        if self.normalizer is None:
+            raise ValueError(
+                "this policy has no normalisation statistics: train it on a dataset or load a "
+                "checkpoint that carries stats.json"
+            )
+        return self.normalizer
+
+    def check_embodiment(self, embodiment: str) -> str:
+        if embodiment not in self.embodiments:
+            raise ValueError(
+                f"unknown embodiment {embodiment!r} for this policy; it serves "
+                f"{', '.join(self.embodiments)}"
+            )
+        return embodiment
+
+    def batch_embodiment(self, batch: dict[str, Any]) -> str:
+        """The one embodiment of a training batch (heads differ per embodiment)."""
+        names = set(batch["embodiment"])
+        if len(names) != 1:
+            raise ValueError(f"a batch must hold one embodiment, got {sorted(names)}")
+        return self.check_embodiment(names.pop())
+
+    def validate(self, observation: Observation) -> str:
+        """Check one raw observation; return its embodiment. Errors name what was expected."""
+        if not isinstance(observation, dict):
+            raise ValueError(f"an observation must be a dict, got {type(observation).__name__}")
+        default = self.embodiments[0] if len(self.embodiments) == 1 else None
+        embodiment = self.check_embodiment(observation.get("embodiment", default) or "")
+        spec = get_embodiment(embodiment)
+        task = observation.get("task")
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError("observation 'task' must be a non-empty instruction string")
+        cameras = sorted(k[len(IMAGE_PREFIX) :] for k in observation if k.startswith(IMAGE_PREFIX))
+        missing = [cam for cam in spec.cameras if cam not in cameras]
+        if missing:
+            raise ValueError(
+                f"observation is missing camera(s) {missing} for {embodiment!r}: expected "
+                f"{list(spec.cameras)}, got {cameras}"
+            )
+        for cam in spec.cameras:
+            image = np.asarray(observation[IMAGE_PREFIX + cam])
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(
+                    f"observation image {cam!r}: expected uint8 (H, W, 3), "
+                    f"got {image.dtype} {tuple(image.shape)}"
+                )
+        if STATE_KEY not in observation:
+            raise ValueError(f"observation is missing {STATE_KEY!r} ({spec.state_dim} floats)")
+        state = np.asarray(observation[STATE_KEY])
+        if state.shape != (spec.state_dim,):
+            raise ValueError(
+                f"observation state for {embodiment!r}: expected shape ({spec.state_dim},), "
+                f"got {tuple(state.shape)}"
+            )
+        if not np.issubdtype(state.dtype, np.number) or not np.isfinite(state).all():
+            raise ValueError(f"observation state contains NaN or non-numeric values: {state}")
+        return embodiment
+
+    def prepare(self, observations: Observation | list[Observation]) -> tuple[dict[str, Any], str]:
+        """Raw observation(s) -> a model batch (images float [0, 1], normalised state)."""
+        items = [observations] if isinstance(observations, dict) else list(observations)
+        if not items:
+            raise ValueError("no observations given")
+        embodiments = {self.validate(obs) for obs in items}
+        if len(embodiments) != 1:
+            raise ValueError(f"observations of one call must share an embodiment: {embodiments}")
+        embodiment = embodiments.pop()
+        batch: dict[str, Any] = {
+            "task": [obs["task"] for obs in items],
+            "embodiment": [embodiment] * len(items),
+        }
+        for cam in get_embodiment(embodiment).cameras:
+            images = np.stack([np.asarray(obs[IMAGE_PREFIX + cam]) for obs in items])
+            batch[IMAGE_PREFIX + cam] = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        state = np.stack([np.asarray(obs[STATE_KEY], dtype=np.float32) for obs in items])
+        normalizer = self._require_normalizer()
+        batch[STATE_KEY] = torch.from_numpy(
+            np.asarray(normalizer.normalize(STATE_KEY, state, embodiment), dtype=np.float32)
+        )
+        return batch, embodiment
+
+    def unnormalize_actions(self, actions: np.ndarray, embodiment: str) -> np.ndarray:
+        """Actions in [-1, 1] (..., A) -> robot units, float32."""
+        normalizer = self._require_normalizer()
+        return np.asarray(normalizer.unnormalize("action", actions, embodiment), dtype=np.float32)
+
+    def save(self, path: Path) -> None:
+        if self.stats is None:
+            self._require_normalizer()
+        else:
+            self.stats.save(path)
+
+    @classmethod
+    def load(
+        cls, path: Path, image_size: tuple[int, int], embodiments: tuple[str, ...]
+    ) -> DexVLAProcessor:
+        return cls(image_size, embodiments, DatasetStats.load(path))

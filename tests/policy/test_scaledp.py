@@ -1,0 +1,227 @@
+"""ScaleDP: shapes, adaLN-Zero initialisation, multi-head output, input checks, preset sizes."""
+
+import json
+
+import pytest
+import torch
+
+from dexvla.policy.scaledp import (
+    SCALEDP_PRESETS,
+    Attention,
+    ScaleDP,
+    ScaleDPBlock,
+    ScaleDPConfig,
+    TimestepEmbedder,
+    count_parameters,
+    scaledp_preset,
+)
+
+TWO_ROBOTS = {"aloha": (14, 14), "hand": (4, 7)}
+
+
+def tiny_config(**overrides) -> ScaleDPConfig:
+    kwargs = dict(depth=2, width=32, heads=4, cond_dim=24, chunk_size=10, embodiments=TWO_ROBOTS)
+    kwargs.update(overrides)
+    return ScaleDPConfig(**kwargs)
+
+
+def inputs(config: ScaleDPConfig, embodiment: str, batch: int = 3, steps: int | None = None):
+    action_dim, state_dim = config.embodiments[embodiment]
+    steps = config.chunk_size if steps is None else steps
+    return (
+        torch.randn(batch, steps, action_dim),
+        torch.randint(0, 100, (batch,)),
+        torch.randn(batch, config.cond_dim),
+        torch.randn(batch, state_dim),
+        embodiment,
+    )
+
+
+def randomise_zero_inits(model: ScaleDP) -> None:
+    """Give the zero-initialised adaLN and output layers random weights (a 'trained' model)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "adaLN_modulation" in name or "action_out" in name:
+                p.normal_(std=0.1)
+
+
+def test_config_roundtrips_through_json():
+    config = tiny_config(dropout=0.1)
+    restored = ScaleDPConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    assert restored.embodiments["hand"] == (4, 7)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"width": 30}, "divisible by heads"),
+        ({"depth": 0}, "depth"),
+        ({"embodiments": {}}, "at least one"),
+        ({"embodiments": {"a.b": (1, 1)}}, "without '.'"),
+        ({"embodiments": {"arm": (0, 3)}}, "positive"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_from_dict_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="unknown ScaleDPConfig keys"):
+        ScaleDPConfig.from_dict({**tiny_config().to_dict(), "n_layers": 3})
+
+
+def test_config_copies_embodiments():
+    robots = {"aloha": (14, 14)}
+    config = tiny_config(embodiments=robots)
+    robots["other"] = (2, 2)
+    assert list(config.embodiments) == ["aloha"]
+
+
+def test_submodule_shapes():
+    t = torch.tensor([0, 5, 99])
+    assert TimestepEmbedder(32, 16)(t).shape == (3, 32)
+    assert TimestepEmbedder(32, 16)(t.float() + 0.5).shape == (3, 32)
+    assert Attention(32, 4, 0.0)(torch.randn(3, 7, 32)).shape == (3, 7, 32)
+    assert ScaleDPBlock(32, 4, 128, 0.0)(torch.randn(3, 7, 32), torch.randn(3, 32)).shape == (
+        3,
+        7,
+        32,
+    )
+
+
+@pytest.mark.parametrize("steps", [10, 4, 1])
+def test_forward_shapes_for_each_embodiment(steps):
+    config = tiny_config()
+    model = ScaleDP(config)
+    randomise_zero_inits(model)
+    for name, (action_dim, _) in config.embodiments.items():
+        out = model(*inputs(config, name, batch=3, steps=steps))
+        assert out.shape == (3, steps, action_dim)
+        assert out.isfinite().all()
+
+
+def test_float_timesteps_are_accepted_and_matter():
+    config = tiny_config()
+    model = ScaleDP(config)
+    randomise_zero_inits(model)
+    x, _, cond, state, name = inputs(config, "aloha")
+    a = model(x, torch.full((3,), 10.0), cond, state, name)
+    b = model(x, torch.full((3,), 10), cond, state, name)
+    c = model(x, torch.full((3,), 60.5), cond, state, name)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_blocks_are_identity_and_output_is_zero_at_init():
+    config = tiny_config()
+    model = ScaleDP(config)
+    x = torch.randn(3, 10, config.width)
+    c = torch.randn(3, config.width)
+    for block in model.blocks:
+        torch.testing.assert_close(block(x, c), x, rtol=0, atol=0)
+    out = model(*inputs(config, "hand"))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_block_is_not_identity_once_gates_are_nonzero():
+    model = ScaleDP(tiny_config())
+    randomise_zero_inits(model)
+    x, c = torch.randn(3, 10, 32), torch.randn(3, 32)
+    assert not torch.allclose(model.blocks[0](x, c), x)
+
+
+def test_output_depends_on_condition_state_and_every_step():
+    config = tiny_config()
+    model = ScaleDP(config).eval()
+    randomise_zero_inits(model)
+    x, t, cond, state, name = inputs(config, "aloha")
+    base = model(x, t, cond, state, name)
+    assert not torch.allclose(base, model(x, t, cond + 1, state, name))
+    assert not torch.allclose(base, model(x, t, cond, state + 1, name))
+    # Non-causal: the last action step changes the prediction for the first.
+    x2 = x.clone()
+    x2[:, -1] += 1
+    assert not torch.allclose(base[:, 0], model(x2, t, cond, state, name)[:, 0])
+
+
+def test_multi_head_shares_trunk_but_not_heads():
+    config = tiny_config()
+    model = ScaleDP(config)
+    randomise_zero_inits(model)
+    model(*inputs(config, "hand")).square().sum().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads["blocks.0.attn.qkv.weight"].abs().sum() > 0
+    assert grads["action_out.hand.weight"].abs().sum() > 0
+    assert grads["action_in.hand.weight"].abs().sum() > 0
+    assert grads["action_out.aloha.weight"] is None
+    assert grads["state_in.aloha.weight"] is None
+
+
+@pytest.mark.parametrize(
+    ("position", "bad", "message"),
+    [
+        (0, torch.randn(3, 10, 13), r"noisy_actions: expected \(B, Hc, 14\).*got \(3, 10, 13\)"),
+        (0, torch.randn(3, 11, 14), "Hc <= 10"),
+        (1, torch.zeros(2), r"timesteps: expected \(3,\)"),
+        (2, torch.randn(3, 23), r"cond: expected \(3, 24\), got \(3, 23\)"),
+        (3, torch.randn(3, 7), r"state: expected \(3, 14\).*got \(3, 7\)"),
+        (4, "ur5", "unknown embodiment 'ur5'"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(position, bad, message):
+    config = tiny_config()
+    args = list(inputs(config, "aloha"))
+    args[position] = bad
+    with pytest.raises(ValueError, match=message):
+        ScaleDP(config)(*args)
+
+
+def test_gradient_checkpointing_gives_same_outputs_and_grads():
+    config = tiny_config()
+    model = ScaleDP(config).train()
+    randomise_zero_inits(model)
+    args = inputs(config, "aloha")
+    model(*args).square().sum().backward()
+    reference = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    model.gradient_checkpointing = True
+    model(*args).square().sum().backward()
+    checkpointed = [p.grad for p in model.parameters() if p.grad is not None]
+    for a, b in zip(reference, checkpointed, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_runs_with_bf16_weights():
+    config = tiny_config()
+    model = ScaleDP(config).to(torch.bfloat16)
+    randomise_zero_inits(model)
+    out = model(*inputs(config, "aloha"))
+    assert out.dtype == torch.bfloat16
+    assert out.isfinite().all()
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [("scaledp-b", 93e6), ("scaledp-l", 410e6), ("scaledp-h", 1e9)],
+)
+def test_preset_parameter_counts_match_the_paper(name, target):
+    count = count_parameters(SCALEDP_PRESETS[name])
+    assert abs(count - target) / target < 0.10, f"{name}: {count / 1e6:.1f}M vs {target / 1e6}M"
+
+
+def test_tiny_preset_is_small_and_meta_count_matches_real_model():
+    config = SCALEDP_PRESETS["scaledp-tiny"]
+    count = count_parameters(config)
+    assert 2e5 < count < 2e6
+    assert count == sum(p.numel() for p in ScaleDP(config).parameters())
+
+
+def test_preset_overrides():
+    config = scaledp_preset("scaledp-tiny", embodiments=TWO_ROBOTS, cond_dim=64)
+    assert config.cond_dim == 64 and set(config.embodiments) == set(TWO_ROBOTS)
+    assert config.width == SCALEDP_PRESETS["scaledp-tiny"].width
+    with pytest.raises(ValueError, match="unknown ScaleDP preset"):
+        scaledp_preset("scaledp-xl")

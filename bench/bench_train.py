@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dexvla.data.episode import Episode
 from dexvla.data.lerobot_v3 import LeRobotV3Writer
 from dexvla.data.windows import collate_windows
 from dexvla.embodiments import get_embodiment
+from dexvla.schema import Episode
 from dexvla.train.engine import Trainer, build_optimizer
 from dexvla.train.metrics import read_metrics
 from dexvla.train.stages import build_model, get_stage_preset, load_stage_data

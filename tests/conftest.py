@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from dexvla.data.episode import Episode
 from dexvla.embodiments import get_embodiment
+from dexvla.schema import Episode
 
 
 @pytest.fixture(autouse=True)

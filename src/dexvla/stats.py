@@ -24,7 +24,7 @@ from dexvla.embodiments import get_embodiment
 from dexvla.io import atomic_write_json
 
 if TYPE_CHECKING:
-    from dexvla.data.episode import Episode
+    from dexvla.schema import Episode
 
 EPS = 1e-6
 STATE = "observation.state"

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from dexvla.cli import main
-from dexvla.data.episode import Episode
 from dexvla.data.lerobot_v3 import LeRobotV3Writer
 from dexvla.embodiments import get_embodiment
 from dexvla.policy.configuration import get_policy_preset
 from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.policy.scaledp import ScaleDP
+from dexvla.schema import Episode
 from dexvla.stats import DatasetStats
 from dexvla.train.metrics import read_metrics
 from dexvla.train.stage1 import STAGE1_KIND, load_stage1_expert, map_stage1_state, read_stage1

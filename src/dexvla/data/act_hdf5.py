@@ -27,9 +27,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from dexvla.data.episode import Episode
 from dexvla.embodiments import EMBODIMENTS, Embodiment, get_embodiment
 from dexvla.io import TMP_SUFFIX
+from dexvla.schema import Episode
 
 ACT_CAMERA_ALIASES = {
     "top": "cam_high",

@@ -34,13 +34,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from dexvla.data.episode import Episode
 from dexvla.embodiments import get_embodiment
 from dexvla.io import (
     atomic_write_json,
     atomic_write_parquet,
     remove_stale_temps,
 )
+from dexvla.schema import Episode
 from dexvla.stats import aggregate_stats, feature_stats
 
 CODEBASE_VERSION = "v3.0"

@@ -14,8 +14,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from dexvla.data.act_hdf5 import EPISODE_GLOB, ActHdf5Dataset
-from dexvla.data.episode import Episode
 from dexvla.data.lerobot_v3 import INFO_FILE, LeRobotV3Dataset
+from dexvla.schema import Episode
 
 
 class EpisodeSource(Protocol):

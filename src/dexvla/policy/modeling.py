@@ -17,9 +17,7 @@ statistics are saved with the checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +25,21 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_model
+from safetensors.torch import save_model
 from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen2VLConfig
 from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 
 from dexvla.embodiments import get_embodiment
 from dexvla.io import atomic_directory, atomic_write_json
+from dexvla.policy.checkpoint import (
+    CONFIG_NAME,
+    STATS_NAME,
+    TOKENIZER_DIR,
+    WEIGHTS_NAME,
+    load_state_dict_strict,
+    read_checkpoint_config,
+)
 from dexvla.policy.diffusion import ActionDiffusion, DiffusionConfig
 from dexvla.policy.fusion import ReasoningFusion
 from dexvla.policy.processor import DexVLAProcessor, Observation
@@ -48,11 +54,6 @@ from dexvla.policy.vlm import (
     masked_mean,
     qwen2vl_config,
 )
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-STATS_NAME = "stats.json"
-TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -423,10 +424,7 @@ class DexVLAPolicy(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME, STATS_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"checkpoint {directory} has no {name}")
-        try:
-            raw = json.loads((directory / CONFIG_NAME).read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{directory / CONFIG_NAME} is not valid JSON: {error}") from None
+        raw = read_checkpoint_config(directory)
         architecture = raw.pop("vlm_architecture")
         config = PolicyConfig.from_dict(raw)
         tokenizer = load_tokenizer(config.vlm, directory / TOKENIZER_DIR)
@@ -439,67 +437,6 @@ class DexVLAPolicy(nn.Module):
         if dtype is not None or device is not None:
             policy.to(device=device, dtype=dtype)
         return policy.eval()
-
-
-def load_state_dict_strict(model: nn.Module, path: Path) -> None:
-    """Load safetensors weights; any missing or unexpected key is an error that lists them.
-
-    Tied parameters (Qwen's LM head shares the embedding) are stored once; a missing key is
-    accepted only when it is tied to a key that is present.
-    """
-    try:
-        state = load_file(str(path))
-    except Exception as error:
-        raise ValueError(f"cannot read weights {path}: {error}") from None
-    expected = model.state_dict()
-    unexpected = sorted(set(state) - set(expected))
-    missing = [
-        key
-        for key, group in _tie_groups(model).items()
-        if key not in state and not any(alias in state for alias in group)
-    ]
-    check_state_dict(f"checkpoint {path}", state, expected, missing, unexpected)
-    model.load_state_dict(state, strict=False)
-
-
-def check_state_dict(
-    subject: str,
-    state: Mapping[str, torch.Tensor],
-    expected: Mapping[str, torch.Tensor],
-    missing: list[str],
-    unexpected: list[str],
-    prefix: str = "",
-) -> None:
-    """Refuse weights with missing or unexpected keys, then with tensors of the wrong shape.
-
-    The error names `subject` and lists up to 20 keys of each kind; `prefix` is prepended to
-    the names of `state` in the shape errors.
-    """
-
-    def listed(keys: list[str]) -> str:
-        keys = sorted(keys)
-        return f"{keys[:20]}{' ...' if len(keys) > 20 else ''}"
-
-    if missing or unexpected:
-        raise ValueError(
-            f"{subject} does not match the model: missing keys {listed(missing)}, "
-            f"unexpected keys {listed(unexpected)}"
-        )
-    mismatched = [
-        f"{prefix}{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
-        for key, value in state.items()
-        if value.shape != expected[key].shape
-    ]
-    if mismatched:
-        raise ValueError(f"{subject} has tensors of the wrong shape: {mismatched[:20]}")
-
-
-def _tie_groups(model: nn.Module) -> dict[str, list[str]]:
-    """Each state-dict name with every name sharing its tensor (tied weights are saved once)."""
-    by_tensor: dict[int, list[str]] = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        by_tensor.setdefault(id(tensor), []).append(name)
-    return {name: group for group in by_tensor.values() for name in group}
 
 
 def count_vlm_parameters(config: VLMConfig) -> int:

@@ -12,6 +12,7 @@ size, D width, C cond_dim.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -272,6 +273,12 @@ class ScaleDP(nn.Module):
             raise ValueError(
                 f"state: expected ({B}, {state_dim}) for {embodiment!r}, got {tuple(state.shape)}"
             )
+
+    def denoiser(
+        self, cond: torch.Tensor, state: torch.Tensor, embodiment: str
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """`denoise(noisy, timesteps)` for one condition, as the diffusion loss and sampler use."""
+        return lambda noisy, timesteps: self(noisy, timesteps, cond, state, embodiment)
 
     def forward(
         self,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dexvla.data.episode import Episode
+from dexvla.schema import Episode
 from dexvla.sim.registry import ImageSize, get_task, make_env, make_expert, run_expert
 
 STATE_FILE = "dexvla_collect.json"

@@ -15,8 +15,8 @@ from typing import Protocol
 import gymnasium as gym
 import numpy as np
 
-from dexvla.data.episode import Episode
 from dexvla.embodiments import get_embodiment
+from dexvla.schema import Episode
 
 ImageSize = int | tuple[int, int]
 

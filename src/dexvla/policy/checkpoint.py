@@ -1,0 +1,95 @@
+"""Policy checkpoint files: their names, the one reader of `config.json`, strict loading.
+
+A checkpoint directory holds `config.json`, `model.safetensors`, `stats.json` and
+`tokenizer/` (a stage-1 artefact: the first three). Weights load strictly: a missing,
+unexpected or mis-shaped tensor is an error that lists them. Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from dexvla.io import read_json
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+STATS_NAME = "stats.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    """The `config.json` of a checkpoint directory; errors name the directory and the file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint {directory} is not a directory")
+    config = read_json(directory / CONFIG_NAME, f"checkpoint {directory}:")
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {directory}: {CONFIG_NAME} is not a JSON object")
+    return config
+
+
+def load_state_dict_strict(model: nn.Module, path: Path) -> None:
+    """Load safetensors weights; any missing or unexpected key is an error that lists them.
+
+    Tied parameters (Qwen's LM head shares the embedding) are stored once; a missing key is
+    accepted only when it is tied to a key that is present.
+    """
+    try:
+        state = load_file(str(path))
+    except Exception as error:
+        raise ValueError(f"cannot read weights {path}: {error}") from None
+    expected = model.state_dict()
+    unexpected = sorted(set(state) - set(expected))
+    missing = [
+        key
+        for key, group in tie_groups(model).items()
+        if key not in state and not any(alias in state for alias in group)
+    ]
+    check_state_dict(f"checkpoint {path}", state, expected, missing, unexpected)
+    model.load_state_dict(state, strict=False)
+
+
+def check_state_dict(
+    subject: str,
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    missing: list[str],
+    unexpected: list[str],
+    prefix: str = "",
+) -> None:
+    """Refuse weights with missing or unexpected keys, then with tensors of the wrong shape.
+
+    The error names `subject` and lists up to 20 keys of each kind; `prefix` is prepended to
+    the names of `state` in the shape errors.
+    """
+
+    def listed(keys: list[str]) -> str:
+        keys = sorted(keys)
+        return f"{keys[:20]}{' ...' if len(keys) > 20 else ''}"
+
+    if missing or unexpected:
+        raise ValueError(
+            f"{subject} does not match the model: missing keys {listed(missing)}, "
+            f"unexpected keys {listed(unexpected)}"
+        )
+    mismatched = [
+        f"{prefix}{key}: checkpoint {tuple(value.shape)} vs model {tuple(expected[key].shape)}"
+        for key, value in state.items()
+        if value.shape != expected[key].shape
+    ]
+    if mismatched:
+        raise ValueError(f"{subject} has tensors of the wrong shape: {mismatched[:20]}")
+
+
+def tie_groups(model: nn.Module) -> dict[str, list[str]]:
+    """Each state-dict name with every name sharing its tensor (tied weights are saved once)."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        by_tensor.setdefault(id(tensor), []).append(name)
+    return {name: group for group in by_tensor.values() for name in group}

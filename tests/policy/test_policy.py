@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dexvla.policy.modeling import DexVLAPolicy, PolicyConfig
+from dexvla.policy.configuration import PolicyConfig
+from dexvla.policy.modeling import DexVLAPolicy
 
 from .conftest import make_batch, make_observation, make_policy
 

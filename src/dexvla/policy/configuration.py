@@ -1,4 +1,4 @@
-"""The one registry of named model presets: VLM backbones, ScaleDP experts and full policies.
+"""Policy configuration and the one registry of named model presets (VLM, ScaleDP, policy).
 
 Parameter counts are computed by building each model on the `meta` device, so listing the
 billion-parameter presets allocates no weights and downloads nothing.
@@ -7,19 +7,125 @@ billion-parameter presets allocates no weights and downloads nothing.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 
+from dexvla.embodiments import get_embodiment
 from dexvla.policy.diffusion import DiffusionConfig
-from dexvla.policy.modeling import (
-    PolicyConfig,
-    count_policy_parameters,
-    count_vlm_parameters,
-    expert_heads,
-)
-from dexvla.policy.scaledp import SCALEDP_PRESETS, ScaleDPConfig, count_parameters
-from dexvla.policy.vlm import VLMConfig
+from dexvla.policy.fusion import ReasoningFusion
+from dexvla.policy.scaledp import SCALEDP_PRESETS, ScaleDP, ScaleDPConfig, count_parameters
+from dexvla.policy.vlm import VLMConfig, load_tokenizer, qwen2vl_config
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """A full DexVLA policy: backbone, expert, diffusion, and how the two losses are weighed.
+
+    The embodiments the policy serves are the expert's (`expert.embodiments`, one output head
+    each). `n_action_steps` is how many actions of each chunk `select_action` executes.
+    `use_reasoning=False` is the ablation without sub-step reasoning: the VLM is trained on the
+    answer `Next action:` alone and the fusion sees no reasoning tokens. `noise_samples` is how
+    many (noise, timestep) draws the training loss averages per observation: the VLM runs once
+    and only the expert, a small part of a step's cost, runs on every draw.
+    """
+
+    name: str
+    vlm: VLMConfig
+    expert: ScaleDPConfig
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    n_action_steps: int = 16
+    llm_loss_weight: float = 1.0
+    use_reasoning: bool = True
+    noise_samples: int = 1
+
+    def __post_init__(self) -> None:
+        for name in self.expert.embodiments:
+            spec = get_embodiment(name)
+            if self.expert.embodiments[name] != (spec.action_dim, spec.state_dim):
+                raise ValueError(
+                    f"policy {self.name!r}: expert head {name!r} has (action, state) dims "
+                    f"{self.expert.embodiments[name]} but the embodiment registry says "
+                    f"{(spec.action_dim, spec.state_dim)}"
+                )
+        if not 0 < self.n_action_steps <= self.expert.chunk_size:
+            raise ValueError(
+                f"n_action_steps must be in [1, chunk_size={self.expert.chunk_size}], "
+                f"got {self.n_action_steps}"
+            )
+        if self.llm_loss_weight < 0:
+            raise ValueError(f"llm_loss_weight must be >= 0, got {self.llm_loss_weight}")
+        if not isinstance(self.noise_samples, int) or self.noise_samples < 1:
+            raise ValueError(f"noise_samples must be an int >= 1, got {self.noise_samples!r}")
+
+    @property
+    def embodiments(self) -> tuple[str, ...]:
+        return tuple(self.expert.embodiments)
+
+    @property
+    def chunk_size(self) -> int:
+        return self.expert.chunk_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "vlm": self.vlm.to_dict(),
+            "expert": self.expert.to_dict(),
+            "diffusion": self.diffusion.to_dict(),
+            "n_action_steps": self.n_action_steps,
+            "llm_loss_weight": self.llm_loss_weight,
+            "use_reasoning": self.use_reasoning,
+            "noise_samples": self.noise_samples,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        data = dict(data)
+        data["vlm"] = VLMConfig.from_dict(data["vlm"])
+        data["expert"] = ScaleDPConfig.from_dict(data["expert"])
+        data["diffusion"] = DiffusionConfig.from_dict(data["diffusion"])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> PolicyConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def expert_heads(embodiments: tuple[str, ...] | list[str]) -> dict[str, tuple[int, int]]:
+    """Expert output heads (action_dim, state_dim) for registered embodiments."""
+    return {
+        name: (get_embodiment(name).action_dim, get_embodiment(name).state_dim)
+        for name in embodiments
+    }
+
+
+def count_vlm_parameters(config: VLMConfig) -> int:
+    """Parameters of a backbone preset, built on `meta`.
+
+    A preset with pretrained weights is counted from its recorded architecture with Qwen2-VL's
+    own vocabulary, so nothing is downloaded; the tiny preset uses its shipped tokenizer.
+    """
+    tokenizer = None if config.pretrained else load_tokenizer(config)
+    with torch.device("meta"):
+        model = Qwen2VL(qwen2vl_config(config, tokenizer))
+    return _num_parameters(model)
+
+
+def count_policy_parameters(config: PolicyConfig) -> int:
+    """Parameters of a full policy: backbone + fusion + expert, counted on `meta`."""
+    vlm_params = count_vlm_parameters(config.vlm)
+    with torch.device("meta"):
+        fusion = ReasoningFusion(int(config.vlm.text["hidden_size"]), config.expert.cond_dim)
+        expert = ScaleDP(config.expert)
+    return vlm_params + _num_parameters(fusion) + _num_parameters(expert)
+
+
+def _num_parameters(model: nn.Module) -> int:
+    """Parameters of a module; tied parameters count once."""
+    return sum(p.numel() for p in model.parameters())
+
 
 VLM_PRESETS: dict[str, VLMConfig] = {
     "qwen2-vl-tiny": VLMConfig(

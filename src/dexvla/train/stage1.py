@@ -28,8 +28,9 @@ from torch import nn
 from dexvla.embodiments import get_embodiment
 from dexvla.io import atomic_directory, atomic_write_json
 from dexvla.policy.checkpoint import CONFIG_NAME, STATS_NAME, WEIGHTS_NAME, check_state_dict
+from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
-from dexvla.policy.modeling import DexVLAPolicy, PolicyConfig
+from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import IMAGE_PREFIX, resize_images
 from dexvla.policy.scaledp import ScaleDP
 from dexvla.policy.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean

@@ -35,8 +35,13 @@ from dexvla.data.windows import (
 )
 from dexvla.embodiments import get_embodiment
 from dexvla.io import atomic_write_json
-from dexvla.policy.configuration import POLICY_PRESETS, get_policy_preset
-from dexvla.policy.modeling import DexVLAPolicy, PolicyConfig, expert_heads
+from dexvla.policy.configuration import (
+    POLICY_PRESETS,
+    PolicyConfig,
+    expert_heads,
+    get_policy_preset,
+)
+from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.stats import DatasetStats, Normalizer
 from dexvla.train.checkpoint import latest_checkpoint, load_model_weights
@@ -254,6 +259,24 @@ def get_stage_preset(name: str) -> StageConfig:
             f"unknown stage preset {name!r}; known stage presets: {', '.join(STAGE_PRESETS)}"
         )
     return STAGE_PRESETS[name]
+
+
+def stage_preset_for(policy: str, stage: int) -> StageConfig:
+    """The stage preset that trains the policy preset `policy` in `stage`.
+
+    A stage preset written for `policy` is taken as it is; otherwise one written for a policy
+    with the same VLM backbone is taken with its policy replaced (`dexvla-2b-l` trains with
+    the `2b-stageN` recipes).
+    """
+    backbone = get_policy_preset(policy).vlm.name
+    presets = [preset for preset in STAGE_PRESETS.values() if preset.stage == stage]
+    for preset in presets:
+        if preset.policy == policy:
+            return preset
+    for preset in presets:
+        if get_policy_preset(preset.policy).vlm.name == backbone:
+            return dataclasses.replace(preset, name=f"{preset.name}:{policy}", policy=policy)
+    raise KeyError(f"no stage-{stage} preset trains the policy preset {policy!r}")
 
 
 # ----------------------------------------------------------------------------------- data

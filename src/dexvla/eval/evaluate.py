@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from dexvla.eval import DEFAULT_EVAL_SEED, report
 from dexvla.eval.rollout import RuntimePolicy, ScriptedPolicy, run_episode
-from dexvla.io import atomic_write
+from dexvla.io import atomic_write_json, atomic_write_text, read_json
+from dexvla.schema import IMAGE_PREFIX
 
 EPISODES_FILE = "episodes.jsonl"
 INFO_FILE = "eval_info.json"
@@ -87,15 +88,23 @@ class EvalConfig:
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.policy == "checkpoint":
+            from dexvla.policy.checkpoint import CONFIG_NAME, read_checkpoint_config
+
             if self.checkpoint is None:
                 raise ValueError("--checkpoint is required unless --policy scripted")
-            config_path = Path(self.checkpoint) / "config.json"
-            if not config_path.is_file():
-                raise FileNotFoundError(f"checkpoint {self.checkpoint} not found (no config.json)")
             try:
-                embodiments = json.loads(config_path.read_text())["expert"]["embodiments"]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{config_path} is not a dexvla policy config: {error}") from None
+                config = read_checkpoint_config(self.checkpoint)
+            except FileNotFoundError:
+                raise FileNotFoundError(
+                    f"checkpoint {self.checkpoint} not found (no {CONFIG_NAME})"
+                ) from None
+            try:
+                embodiments = config["expert"]["embodiments"]
+            except (KeyError, TypeError):
+                raise ValueError(
+                    f"checkpoint {self.checkpoint}: {CONFIG_NAME} is not a dexvla policy config "
+                    "(no expert.embodiments)"
+                ) from None
             if spec.embodiment not in embodiments:
                 raise ValueError(
                     f"checkpoint {self.checkpoint} serves {sorted(embodiments)}, "
@@ -172,7 +181,7 @@ def _run_one(index: int) -> dict[str, Any]:
     def frame(obs: dict[str, Any], substep: str, t: int) -> Any:
         nonlocal cameras
         if cameras is None:
-            cameras = sorted(k for k in obs if k.startswith("observation.images."))
+            cameras = sorted(k for k in obs if k.startswith(IMAGE_PREFIX))
         return report.annotate_frame([obs[k] for k in cameras], substep, t)
 
     with_video = index < config.videos
@@ -218,7 +227,7 @@ def load_records(out: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     if len(good) != len(text.splitlines()) or (text and not text.endswith("\n")):
-        atomic_write(path, lambda tmp: tmp.write_text("".join(g + "\n" for g in good)))
+        atomic_write_text(path, "".join(g + "\n" for g in good))
     return records
 
 
@@ -236,8 +245,8 @@ def _check_resume(out: Path, config: EvalConfig) -> None:
             raise ValueError(f"{out} holds {EPISODES_FILE} but no {INFO_FILE}; use a new --out")
         return
     try:
-        previous = json.loads(path.read_text())["config"]
-    except (json.JSONDecodeError, KeyError) as error:
+        previous = read_json(path, "evaluation info")["config"]
+    except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is unreadable ({error}); use a new --out") from None
     mine = config.identity()
     changed = {k: (previous.get(k), v) for k, v in mine.items() if previous.get(k) != v}
@@ -259,7 +268,7 @@ def _write_info(config: EvalConfig, records: list[dict[str, Any]], status: str) 
         "summary": report.summarize(wanted),
         "episodes": [{k: v for k, v in r.items() if k != "timeline"} for r in wanted],
     }
-    report.write_json(Path(config.out) / INFO_FILE, info)
+    atomic_write_json(Path(config.out) / INFO_FILE, info)
     return info
 
 
@@ -269,10 +278,11 @@ def check_cameras(checkpoint: Path, task: str) -> None:
     The checkpoint's stats.json carries them where the data recorded them; a policy trained at
     another field of view sees every object at another scale and fails for no visible reason.
     """
+    from dexvla.policy.checkpoint import STATS_NAME
     from dexvla.sim.registry import get_task, task_camera_fovy
     from dexvla.stats import DatasetStats, fovy_differs
 
-    path = Path(checkpoint) / "stats.json"
+    path = Path(checkpoint) / STATS_NAME
     if not path.is_file():
         return
     embodiment = get_task(task).embodiment

@@ -1,13 +1,12 @@
 """Evaluation artefacts: the success interval, summary, annotated videos, plots, HTML report.
 
-Every file is written atomically (a temporary sibling, then `os.replace`), so an interrupted
-evaluation never leaves a truncated JSON, video or image that a resumed run would trust.
+Every file is written atomically through `dexvla.io`, so an interrupted evaluation never
+leaves a truncated JSON, video or image that a resumed run would trust.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from dexvla.eval.rollout import EpisodeResult
-from dexvla.io import atomic_write
+from dexvla.io import atomic_write, atomic_write_text
 
 TEXT_BAND = 28  # pixels of black band under the cameras for the sub-step text
 
@@ -36,10 +35,6 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     centre = (p + z * z / (2 * trials)) / denom
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1) + "\n"))
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -270,5 +265,5 @@ def write_report(out: Path, info: dict[str, Any], records: list[dict[str, Any]])
                 parts.append(f"<img src='{html.escape(artefacts[key])}' style='max-width:100%'>")
     parts.append("</body></html>\n")
     path = out / "report.html"
-    atomic_write(path, lambda tmp: tmp.write_text("\n".join(parts)))
+    atomic_write_text(path, "\n".join(parts))
     return path

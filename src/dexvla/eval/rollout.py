@@ -1,6 +1,8 @@
-"""Closed-loop episodes: a policy drives a simulated task from a seeded initial state.
+"""Evaluation episodes: the policy adapters and result records around the one rollout loop.
 
-Two kinds of policy go through the same loop (`run_episode`):
+`run_episode` runs `dexvla.sim.rollout.roll_out` (which ends an episode at its first success,
+at truncation or at `max_steps`) and keeps what the report needs. Two kinds of policy go
+through it:
 
 - `RuntimePolicy`: a `DexVLAPolicy` (or any `ChunkPolicy`) stepped by `InferenceRuntime`, so
   chunking, ensembling and the reasoning cadence are exactly those of deployment. Every chunk
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -23,14 +25,7 @@ import torch
 
 from dexvla.runtime.inference import InferenceRuntime, RuntimeConfig
 from dexvla.sim.registry import TaskSpec
-
-
-class EpisodePolicy(Protocol):
-    """What the evaluation loop drives: reset per episode, one action and sub-step per step."""
-
-    def reset(self, env: gym.Env, seed: int) -> None: ...
-
-    def act(self, obs: dict[str, Any], t: int) -> tuple[np.ndarray, str]: ...
+from dexvla.sim.rollout import EpisodePolicy, ExpertPolicy, FrameFn, roll_out
 
 
 @dataclass
@@ -90,19 +85,10 @@ class RuntimePolicy:
         self.runtime.close()
 
 
-class ScriptedPolicy:
-    """The task's scripted expert as an evaluation policy (it plans from the env's layout)."""
+class ScriptedPolicy(ExpertPolicy):
+    """The task's scripted expert as an evaluation policy: it predicts no chunks."""
 
-    def __init__(self, expert: Any) -> None:
-        self.expert = expert
-        self.chunks: list[ChunkRecord] = []
-
-    def reset(self, env: gym.Env, seed: int) -> None:
-        self.expert.reset(env)
-
-    def act(self, obs: dict[str, Any], t: int) -> tuple[np.ndarray, str]:
-        action, substep = self.expert.act(obs)
-        return np.asarray(action, dtype=np.float32), substep
+    chunks: tuple[ChunkRecord, ...] = ()
 
     def close(self) -> None:
         return None
@@ -202,52 +188,29 @@ def run_episode(
     index: int,
     seed: int,
     max_steps: int,
-    frame_fn: Any = None,
+    frame_fn: FrameFn | None = None,
 ) -> EpisodeResult:
     """Run one episode from `env.reset(seed=seed)` until success, truncation or `max_steps`.
 
     `frame_fn(obs, substep, t)`, when given, turns each observation into a video frame.
     """
     start_wall = time.perf_counter()
-    obs, _ = env.reset(seed=seed)
-    policy.reset(env, seed)
-    actions, states, substeps, rewards, stages, step_ms, frames = [], [], [], [], [], [], []
-    success_step, max_reward = None, None
-    for t in range(max_steps):
-        full = {**obs, "task": spec.instruction, "embodiment": spec.embodiment}
-        start = time.perf_counter()
-        action, substep = policy.act(full, t)
-        step_ms.append((time.perf_counter() - start) * 1e3)
-        if frame_fn is not None:
-            frames.append(frame_fn(obs, substep, t))
-        states.append(np.asarray(obs["observation.state"], dtype=np.float32))
-        actions.append(np.asarray(action, dtype=np.float32))
-        substeps.append(substep)
-        obs, reward, terminated, truncated, info = env.step(action)
-        rewards.append(float(reward))
-        stages.append(int(info.get("reward_stage", int(bool(info["is_success"])))))
-        max_reward = info.get("max_reward", max_reward)
-        if info["is_success"]:
-            success_step = t
-            break
-        if terminated or truncated:
-            break
-    names = stage_names(env, max_reward)
+    run = roll_out(env, policy, spec, seed=seed, max_steps=max_steps, frame_fn=frame_fn)
     return EpisodeResult(
         index=index,
         seed=seed,
-        success=success_step is not None,
-        success_step=success_step,
-        steps=len(actions),
-        rewards=rewards,
-        stages=stages,
-        max_stage=max(stages, default=0),
-        stage_names=names,
-        substeps=substeps,
-        actions=np.stack(actions) if actions else np.zeros((0, 0), np.float32),
-        states=np.stack(states) if states else np.zeros((0, 0), np.float32),
-        step_ms=step_ms,
+        success=run.success,
+        success_step=run.success_step,
+        steps=run.steps,
+        rewards=run.rewards,
+        stages=run.stages,
+        max_stage=max(run.stages),
+        stage_names=stage_names(env, run.info.get("max_reward")),
+        substeps=run.substeps,
+        actions=run.actions,
+        states=run.states,
+        step_ms=run.step_ms,
         chunks=list(getattr(policy, "chunks", [])),
         wall_s=time.perf_counter() - start_wall,
-        frames=frames,
+        frames=run.frames,
     )

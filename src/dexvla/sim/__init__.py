@@ -1,5 +1,8 @@
 """Simulated robots and tasks (ALOHA, MetaWorld Sawyer, a dexterous hand), scripted experts
-with per-frame sub-steps, and demonstration collection. See docs/simulation.md."""
+with per-frame sub-steps, the one rollout loop and demonstration collection.
+
+`registry` names the tasks, `tasks` registers them, `rollout` runs episodes, `collect` records
+datasets; `aloha`, `sawyer` and `hand` are the simulators. See docs/simulation.md."""
 
 import os
 
@@ -12,19 +15,28 @@ from dexvla.sim import tasks as _tasks  # noqa: F401  (registers the tasks)
 from dexvla.sim.registry import (
     ScriptedExpert,
     TaskSpec,
-    collect_episode,
-    expert_succeeds,
     get_task,
     list_tasks,
     make_env,
     make_expert,
     parse_image_size,
     register_task,
-    run_expert,
     task_camera_fovy,
+)
+from dexvla.sim.rollout import (
+    EpisodePolicy,
+    ExpertPolicy,
+    Rollout,
+    collect_episode,
+    expert_succeeds,
+    roll_out,
+    run_expert,
 )
 
 __all__ = [
+    "EpisodePolicy",
+    "ExpertPolicy",
+    "Rollout",
     "ScriptedExpert",
     "TaskSpec",
     "collect_episode",
@@ -35,6 +47,7 @@ __all__ = [
     "make_expert",
     "parse_image_size",
     "register_task",
+    "roll_out",
     "run_expert",
     "task_camera_fovy",
 ]

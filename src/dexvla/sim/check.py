@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from dexvla.sim.registry import expert_succeeds, list_tasks
+from dexvla.sim.registry import list_tasks
+from dexvla.sim.rollout import expert_succeeds
 
 
 def main(argv: list[str] | None = None) -> int:

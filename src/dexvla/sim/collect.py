@@ -11,7 +11,6 @@ dataset does not depend on which worker finished first. One dataset directory ho
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import multiprocessing
 import os
@@ -22,8 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from dexvla.io import atomic_write_json, read_json
 from dexvla.schema import Episode
-from dexvla.sim.registry import ImageSize, get_task, make_env, make_expert, run_expert
+from dexvla.sim.registry import ImageSize, get_task, make_env, make_expert
+from dexvla.sim.rollout import run_expert
 
 STATE_FILE = "dexvla_collect.json"
 WORKER_ENV = {"MUJOCO_GL": "egl", "LP_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -66,7 +67,7 @@ def _load_state(out: Path, task_name: str) -> list[int]:
     path = out / STATE_FILE
     if not path.exists():
         return []
-    state = json.loads(path.read_text())
+    state = read_json(path, "collection state")
     if state.get("task") != task_name:
         raise ValueError(
             f"{out} holds task {state.get('task')!r}, not {task_name!r}: one task per dataset"
@@ -75,10 +76,7 @@ def _load_state(out: Path, task_name: str) -> list[int]:
 
 
 def _save_state(out: Path, task_name: str, failed: list[int]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps({"task": task_name, "failed_seeds": sorted(failed)}, indent=1))
-    os.replace(tmp, out / STATE_FILE)
+    atomic_write_json(out / STATE_FILE, {"task": task_name, "failed_seeds": sorted(failed)})
 
 
 def collect(

@@ -15,7 +15,8 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from dexvla.sim.render import CameraRenderer, camera_fovy
+from dexvla.schema import STATE
+from dexvla.sim.render import CameraRenderer, camera_fovy, observation_space
 
 HAND_XML = Path(__file__).parent / "assets" / "hand_pick_place.xml"
 HAND_CAMERAS = {"cam_high": "cam_high", "cam_wrist": "cam_wrist"}
@@ -71,13 +72,9 @@ class HandEnv(gym.Env):
         # qpos addresses of the actuated joints, in action order (the object's free joint
         # comes first in qpos)
         self._joint_qpos = self.model.jnt_qposadr[self.model.actuator_trnid[:, 0]]
-        h, w = image_size
-        spaces = {
-            f"observation.images.{cam}": gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
-            for cam in (HAND_CAMERAS if render else ())
-        }
-        spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (ACTION_DIM,), np.float32)
-        self.observation_space = gym.spaces.Dict(spaces)
+        self.observation_space = observation_space(
+            HAND_CAMERAS if render else (), image_size, ACTION_DIM
+        )
         ctrl_range = self.model.actuator_ctrlrange
         self.action_space = gym.spaces.Box(
             ctrl_range[:, 0].astype(np.float32), ctrl_range[:, 1].astype(np.float32)
@@ -104,7 +101,7 @@ class HandEnv(gym.Env):
 
     def _obs(self) -> dict[str, np.ndarray]:
         obs = self.renderer.render(self.data) if self.renderer else {}
-        obs["observation.state"] = self.data.qpos[self._joint_qpos].astype(np.float32)
+        obs[STATE] = self.data.qpos[self._joint_qpos].astype(np.float32)
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -1,14 +1,13 @@
-"""The simulated tasks: one registry of names, environments, scripted experts and recording.
+"""The simulated tasks: one registry of names, environments and scripted experts.
 
 Every task is a `TaskSpec`; `make_env` builds its gymnasium environment with the dexvla
-observation layout (`observation.images.<cam>` for each camera of the embodiment and
-`observation.state`), `make_expert` its scripted expert, and `collect_episode` records one
-seeded demonstration as an `Episode` with a sub-step text per frame.
+observation layout (`image_key(cam)` for each camera of the embodiment and `STATE`, from
+`dexvla.schema`) and `make_expert` its scripted expert. Running them is `dexvla.sim.rollout`'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,7 +15,6 @@ import gymnasium as gym
 import numpy as np
 
 from dexvla.embodiments import get_embodiment
-from dexvla.schema import Episode
 
 ImageSize = int | tuple[int, int]
 
@@ -150,81 +148,3 @@ def task_camera_fovy(task_name: str) -> dict[str, float]:
 def make_expert(task_name: str) -> ScriptedExpert:
     """A fresh scripted expert for the task."""
     return get_task(task_name).expert_factory()
-
-
-def run_expert(
-    env: gym.Env, expert: ScriptedExpert, spec: TaskSpec, seed: int
-) -> tuple[Episode, dict]:
-    """Roll the expert out on `env` from `env.reset(seed=seed)` and record every frame."""
-    obs, _ = env.reset(seed=seed)
-    expert.reset(env)
-    frames: dict[str, list[np.ndarray]] = {
-        cam: [] for cam in get_embodiment(spec.embodiment).cameras
-    }
-    states, actions, substeps, rewards = [], [], [], []
-    best_stage, success_at = 0, None
-    for t in range(spec.max_steps):
-        action, substep = expert.act(obs)
-        for cam, images in frames.items():
-            images.append(obs[f"observation.images.{cam}"])
-        states.append(obs["observation.state"])
-        actions.append(np.asarray(action, dtype=np.float32))
-        substeps.append(substep)
-        obs, reward, _, truncated, info = env.step(action)
-        rewards.append(reward)
-        best_stage = max(best_stage, int(info.get("reward_stage", 0)))
-        if info["is_success"] and success_at is None:
-            success_at = t
-        if success_at is not None and t - success_at >= spec.post_success_steps:
-            break
-        if truncated:
-            break
-    episode = Episode(
-        embodiment=spec.embodiment,
-        task=spec.instruction,
-        images={cam: np.stack(images) for cam, images in frames.items()},
-        state=np.stack(states).astype(np.float32),
-        action=np.stack(actions).astype(np.float32),
-        substeps=substeps,
-        reward=np.asarray(rewards, dtype=np.float32),
-        success=success_at is not None,
-        seed=seed,
-        task_name=spec.name,
-        info={"best_reward_stage": best_stage, "success_step": success_at},
-        camera_fovy=dict(env.unwrapped.camera_fovy),
-    )
-    episode.validate()
-    return episode, info
-
-
-def collect_episode(task_name: str, seed: int, image_size: ImageSize = 128) -> Episode:
-    """Record one scripted demonstration of `task_name` from seed `seed`."""
-    spec = get_task(task_name)
-    env = make_env(task_name, image_size=image_size)
-    try:
-        episode, _ = run_expert(env, make_expert(task_name), spec, seed)
-    finally:
-        env.close()
-    return episode
-
-
-def expert_succeeds(task_name: str, seeds: Iterable[int]) -> dict[int, bool]:
-    """Run the scripted expert without rendering; map each seed to whether the task succeeded."""
-    spec = get_task(task_name)
-    env = make_env(task_name, render=False)
-    expert = make_expert(task_name)
-    results = {}
-    try:
-        for seed in seeds:
-            obs, _ = env.reset(seed=seed)
-            expert.reset(env)
-            success = False
-            for _ in range(spec.max_steps):
-                obs, _, terminated, truncated, info = env.step(expert.act(obs)[0])
-                success = bool(info["is_success"])
-                if terminated or truncated:
-                    break
-            results[seed] = success
-    finally:
-        env.close()
-    return results

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import atexit
 import weakref
+from collections.abc import Iterable
 
+import gymnasium as gym
 import mujoco
 import numpy as np
+
+from dexvla.schema import STATE, image_key
 
 
 def camera_fovy(model: mujoco.MjModel, cameras: dict[str, str]) -> dict[str, float]:
@@ -20,6 +24,18 @@ def camera_fovy(model: mujoco.MjModel, cameras: dict[str, str]) -> dict[str, flo
     objects at another scale under another, and nothing else would tell.
     """
     return {cam: float(model.cam_fovy[model.camera(name).id]) for cam, name in cameras.items()}
+
+
+def observation_space(
+    cameras: Iterable[str], image_size: tuple[int, int], state_dim: int
+) -> gym.spaces.Dict:
+    """The dexvla observation layout: uint8 (H, W, 3) per camera and float32 (state_dim,)."""
+    h, w = image_size
+    spaces: dict[str, gym.Space] = {
+        image_key(cam): gym.spaces.Box(0, 255, (h, w, 3), np.uint8) for cam in cameras
+    }
+    spaces[STATE] = gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)
+    return gym.spaces.Dict(spaces)
 
 
 def speed_up_rendering(model: mujoco.MjModel) -> None:
@@ -53,11 +69,11 @@ class CameraRenderer:
         _LIVE_RENDERERS.add(self)
 
     def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
-        """Return `{"observation.images.<cam>": uint8 (H, W, 3)}` for every camera."""
+        """Return `{image_key(cam): uint8 (H, W, 3)}` for every camera."""
         images = {}
         for cam, model_cam in self.cameras.items():
             self._renderer.update_scene(data, camera=model_cam)
-            images[f"observation.images.{cam}"] = self._renderer.render().copy()
+            images[image_key(cam)] = self._renderer.render().copy()
         return images
 
     def close(self) -> None:

@@ -19,7 +19,8 @@ import metaworld.policies as mw_policies
 import numpy as np
 from metaworld.env_dict import ALL_V3_ENVIRONMENTS, ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
 
-from dexvla.sim.render import CameraRenderer, camera_fovy
+from dexvla.schema import STATE
+from dexvla.sim.render import CameraRenderer, camera_fovy, observation_space
 
 SAWYER_CAMERAS = {"cam_high": "corner2"}  # embodiment camera -> MetaWorld camera
 MAX_PATH_LENGTH = 500  # MetaWorld refuses to step past this
@@ -72,18 +73,14 @@ class SawyerEnv(gym.Env):
         self.renderer = (
             CameraRenderer(self.mw_env.model, SAWYER_CAMERAS, image_size) if render else None
         )
-        h, w = image_size
-        spaces = {"observation.state": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)}
-        if render:
-            spaces["observation.images.cam_high"] = gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
-        self.observation_space = gym.spaces.Dict(spaces)
+        self.observation_space = observation_space(SAWYER_CAMERAS if render else (), image_size, 4)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
         self.mw_obs = np.zeros(39)
         self.steps = 0
 
     def _obs(self) -> dict[str, np.ndarray]:
         obs = self.renderer.render(self.mw_env.data) if self.renderer else {}
-        obs["observation.state"] = self.mw_obs[:4].astype(np.float32)
+        obs[STATE] = self.mw_obs[:4].astype(np.float32)
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -1,67 +1,27 @@
-"""Bimanual ALOHA tasks on gym-aloha's MuJoCo models, and ACT-style scripted experts.
+"""The three ALOHA scenes: seeded object layouts, staged contact rewards, waypoint plans.
 
-The environment steps gym-aloha's joint-space models with raw `mujoco` (its own gym wrapper
-renders three 640x480 cameras with shadows every step, ~365 ms; here three small cameras without
-shadows cost ~30 ms). Object poses are sampled with gym-aloha's own seeded samplers, so a seed
-gives the same scene as `gym_aloha` would.
-
-The scripted expert plans waypoints in end-effector space, runs them on gym-aloha's shipped
-end-effector (mocap) models with the same object poses, records the joint positions the arms
-reach and replays those as joint-position actions. Every waypoint segment carries the sub-step
-text recorded with each frame.
+Each `AlohaScene` names gym-aloha's joint-space and end-effector models, samples object poses
+with gym-aloha's own seeded samplers (so a seed gives the scene `gym_aloha` would), scores a
+physics state as a reward stage, and plans both arms' end-effector waypoints with the sub-step
+text that each segment carries. `AlohaEnv` (env.py) steps a scene; `AlohaScriptedExpert`
+(expert.py) runs its plan.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
-from typing import ClassVar
+from dataclasses import dataclass
 
-import gym_aloha
-import gymnasium as gym
 import mujoco
 import numpy as np
-from gym_aloha.constants import (
-    PUPPET_GRIPPER_POSITION_CLOSE,
-    PUPPET_GRIPPER_POSITION_OPEN,
-    START_ARM_POSE,
-)
 from gym_aloha.utils import sample_box_pose, sample_insertion_pose
 
-from dexvla.sim.render import CameraRenderer, camera_fovy
-
-ALOHA_ASSETS = Path(gym_aloha.__file__).parent / "assets"
-LOCAL_ASSETS = Path(__file__).parent / "assets"
-CONTROL_DT = 0.02
-ALOHA_CAMERAS = {
-    "cam_high": "top",
-    "cam_left_wrist": "left_wrist",
-    "cam_right_wrist": "right_wrist",
-}
-# gym-aloha's top camera has a 78 degree field of view, made for 640x480 images: at 84 px the
-# 4 cm cube covers about 9 pixels. 50 degrees keeps the table and both grippers in view and gives
-# the cube 25-35 pixels (docs/simulation.md).
-TOP_CAMERA_FOVY = 50.0
 LEFT_FINGER = "vx300s_left/10_left_gripper_finger"
 RIGHT_FINGER = "vx300s_right/10_right_gripper_finger"
 INIT_MOCAP_LEFT = np.array([-0.31718881, 0.5, 0.29525084])
 INIT_MOCAP_RIGHT = np.array([0.31718881, 0.49999888, 0.29525084])
 IDENTITY_QUAT = np.array([1.0, 0.0, 0.0, 0.0])
-
-
-def unnormalize_gripper(value: float) -> float:
-    """Normalised gripper command (0 closed, 1 open) -> finger position in metres."""
-    span = PUPPET_GRIPPER_POSITION_OPEN - PUPPET_GRIPPER_POSITION_CLOSE
-    return value * span + PUPPET_GRIPPER_POSITION_CLOSE
-
-
-def normalize_gripper(position: float) -> float:
-    """Finger position in metres -> normalised gripper opening (0 closed, 1 open)."""
-    span = PUPPET_GRIPPER_POSITION_OPEN - PUPPET_GRIPPER_POSITION_CLOSE
-    return (position - PUPPET_GRIPPER_POSITION_CLOSE) / span
 
 
 def rotated(quat: np.ndarray, axis: tuple[float, float, float], degrees: float) -> np.ndarray:
@@ -71,21 +31,6 @@ def rotated(quat: np.ndarray, axis: tuple[float, float, float], degrees: float) 
     out = np.zeros(4)
     mujoco.mju_mulQuat(out, quat, turn)
     return out
-
-
-@cache
-def _aloha_asset_files() -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in ALOHA_ASSETS.iterdir() if p.is_file()}
-
-
-def load_aloha_model(xml_name: str, extra_xml: str | None = None) -> mujoco.MjModel:
-    """Load one of gym-aloha's models, with an optional fragment of ours added to its world."""
-    text = (ALOHA_ASSETS / xml_name).read_text()
-    if extra_xml:
-        fragment = (LOCAL_ASSETS / extra_xml).read_text()
-        head, sep, tail = text.rpartition("</worldbody>")
-        text = head + fragment + sep + tail
-    return mujoco.MjModel.from_xml_string(text, _aloha_asset_files())
 
 
 class Contacts:
@@ -102,9 +47,6 @@ class Contacts:
     def touch(self, a: str, b: str | tuple[str, ...]) -> bool:
         others = (b,) if isinstance(b, str) else b
         return any(frozenset((a, other)) in self.pairs for other in others)
-
-
-# --------------------------------------------------------------------------- scenes
 
 
 @dataclass(frozen=True)
@@ -178,10 +120,6 @@ def apply_layout(model: mujoco.MjModel, data: mujoco.MjData, layout: dict[str, n
         else:
             addr = model.jnt_qposadr[model.joint(key).id]
             data.qpos[addr : addr + 7] = value
-
-
-def _reset_arms(data: mujoco.MjData) -> None:
-    data.qpos[:16] = START_ARM_POSE
 
 
 # ------------------------------------------------------------------ transfer cube
@@ -438,157 +376,3 @@ CUBE_TO_BIN = AlohaScene(
 )
 
 SCENES = {"transfer_cube": TRANSFER_CUBE, "insertion": INSERTION, "cube_to_bin": CUBE_TO_BIN}
-
-
-# ---------------------------------------------------------------------- the env
-
-
-class AlohaEnv(gym.Env):
-    """Joint-position-controlled ALOHA with three cameras and a staged reward.
-
-    Action (14,): per arm 6 joint targets (rad) + gripper opening (0 closed, 1 open), left arm
-    first. Observation: the three embodiment cameras and `observation.state` (14,) in the same
-    layout. `info`: `is_success`, `reward_stage` (0..max_reward) and `max_reward`.
-    """
-
-    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 50}
-
-    def __init__(
-        self,
-        scene: AlohaScene,
-        *,
-        instruction: str,
-        image_size: tuple[int, int] = (128, 128),
-        max_steps: int = 400,
-        render: bool = True,
-    ) -> None:
-        self.scene = scene
-        self.task_instruction = instruction
-        self.max_steps = max_steps
-        self.model = load_aloha_model(scene.joint_xml, scene.extra_xml)
-        self.data = mujoco.MjData(self.model)
-        self.n_substeps = round(CONTROL_DT / self.model.opt.timestep)
-        self.model.cam_fovy[self.model.camera(ALOHA_CAMERAS["cam_high"]).id] = TOP_CAMERA_FOVY
-        self.camera_fovy = camera_fovy(self.model, ALOHA_CAMERAS)
-        self.renderer = CameraRenderer(self.model, ALOHA_CAMERAS, image_size) if render else None
-        h, w = image_size
-        spaces = {
-            f"observation.images.{cam}": gym.spaces.Box(0, 255, (h, w, 3), np.uint8)
-            for cam in (ALOHA_CAMERAS if render else ())
-        }
-        spaces["observation.state"] = gym.spaces.Box(-np.inf, np.inf, (14,), np.float32)
-        self.observation_space = gym.spaces.Dict(spaces)
-        self.action_space = gym.spaces.Box(-np.pi, np.pi, (14,), np.float32)
-        self.layout: dict[str, np.ndarray] = {}
-        self.steps = 0
-
-    def _state(self) -> np.ndarray:
-        q = self.data.qpos
-        return np.concatenate(
-            [q[:6], [normalize_gripper(q[6])], q[8:14], [normalize_gripper(q[14])]]
-        ).astype(np.float32)
-
-    def _obs(self) -> dict[str, np.ndarray]:
-        obs = self.renderer.render(self.data) if self.renderer else {}
-        obs["observation.state"] = self._state()
-        return obs
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is None:
-            seed = int(self.np_random.integers(2**31))
-        self.layout = self.scene.sample_layout(seed)
-        mujoco.mj_resetData(self.model, self.data)
-        _reset_arms(self.data)
-        self.data.ctrl[:] = START_ARM_POSE
-        apply_layout(self.model, self.data, self.layout)
-        mujoco.mj_forward(self.model, self.data)
-        self.steps = 0
-        return self._obs(), {"is_success": False, "reward_stage": 0, "seed": seed}
-
-    def step(self, action: np.ndarray):
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (14,):
-            raise ValueError(f"ALOHA action must have shape (14,), got {action.shape}")
-        left_g, right_g = unnormalize_gripper(action[6]), unnormalize_gripper(action[13])
-        self.data.ctrl[:] = np.concatenate(
-            [action[:6], [left_g, -left_g], action[7:13], [right_g, -right_g]]
-        )
-        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
-        self.steps += 1
-        stage = self.scene.reward(self.model, self.data, self.layout)
-        success = stage == self.scene.max_reward
-        info = {
-            "is_success": success,
-            "reward_stage": stage,
-            "stage_name": self.scene.stage_names[stage],
-            "max_reward": self.scene.max_reward,
-        }
-        truncated = self.steps >= self.max_steps
-        return self._obs(), float(stage), success, truncated, info
-
-    def close(self) -> None:
-        if self.renderer:
-            self.renderer.close()
-
-
-# ------------------------------------------------------------------- the expert
-
-
-@dataclass
-class AlohaScriptedExpert:
-    """Plans in end-effector space, records joint positions, replays them as actions."""
-
-    scene: AlohaScene
-    actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 14), np.float32))
-    substeps: list[str] = field(default_factory=list)
-    planned_stage: int = 0
-    _t: int = 0
-
-    def reset(self, env: gym.Env) -> None:
-        """Plan for the scene `env` was just reset to (its object layout)."""
-        layout = env.unwrapped.layout
-        self.actions, self.substeps, self.planned_stage = self._rollout_ee(layout)
-        self._t = 0
-
-    def _rollout_ee(self, layout: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str], int]:
-        model = _ee_model(self.scene.ee_xml, self.scene.extra_xml)
-        data = mujoco.MjData(model)
-        _reset_arms(data)
-        data.mocap_pos[0], data.mocap_quat[0] = INIT_MOCAP_LEFT, IDENTITY_QUAT
-        data.mocap_pos[1], data.mocap_quat[1] = INIT_MOCAP_RIGHT, IDENTITY_QUAT
-        closed = PUPPET_GRIPPER_POSITION_CLOSE
-        data.ctrl[:] = [closed, -closed, closed, -closed]
-        apply_layout(model, data, layout)
-        mujoco.mj_forward(model, data)
-        plan = self.scene.plan(layout)
-        n_sub = round(CONTROL_DT / model.opt.timestep)
-        actions, substeps, best = [], [], 0
-        for t in range(self.scene.plan_length):
-            lxyz, lquat, lg = plan.pose(plan.left, t)
-            rxyz, rquat, rg = plan.pose(plan.right, t)
-            data.mocap_pos[0], data.mocap_quat[0] = lxyz, lquat
-            data.mocap_pos[1], data.mocap_quat[1] = rxyz, rquat
-            left, right = unnormalize_gripper(lg), unnormalize_gripper(rg)
-            data.ctrl[:] = [left, -left, right, -right]
-            mujoco.mj_step(model, data, nstep=n_sub)
-            q = data.qpos
-            actions.append(np.concatenate([q[:6], [lg], q[8:14], [rg]]))
-            substeps.append(plan.substep(t))
-            best = max(best, self.scene.reward(model, data, layout))
-        return np.asarray(actions, dtype=np.float32), substeps, best
-
-    def act(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, str]:
-        t = min(self._t, len(self.actions) - 1)
-        self._t += 1
-        return self.actions[t].copy(), self.substeps[t]
-
-
-@cache
-def _ee_model_cached(xml: str, extra: str | None) -> mujoco.MjModel:
-    return load_aloha_model(xml, extra)
-
-
-def _ee_model(xml: str, extra: str | None) -> mujoco.MjModel:
-    """The end-effector model; cached, but copied since layouts move fixed bodies."""
-    return _ee_model_cached(xml, extra).__copy__()

@@ -15,9 +15,9 @@ COMMAND_MODULES = (
     "dexvla.serve.commands",
     "dexvla.sim.commands",
     "dexvla.data.commands",
+    "dexvla.annotate.commands",
     "dexvla.eval.commands",
     "dexvla.train.commands",
-    "dexvla.experiments.demo",
     "dexvla.experiments.commands",
 )
 

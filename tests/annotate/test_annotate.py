@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from dexvla.annotate.annotate import (
+from dexvla.annotate import (
     agreement,
     annotate_dataset,
     annotate_episode,

@@ -1,4 +1,4 @@
-"""`dexvla dataset info` and `dexvla annotate` from the command line."""
+"""`dexvla dataset info` from the command line."""
 
 from __future__ import annotations
 
@@ -34,6 +34,3 @@ def test_dataset_info_json(tmp_path, make_episode, capsys):
 def test_errors_exit_2(tmp_path, capsys):
     assert main(["dataset", "info", str(tmp_path / "missing")]) == 2
     assert "no such dataset" in capsys.readouterr().err
-    (tmp_path / "empty").mkdir()
-    assert main(["annotate", str(tmp_path / "empty")]) == 2
-    assert "neither a LeRobot v3 dataset" in capsys.readouterr().err

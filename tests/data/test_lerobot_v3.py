@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -11,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dexvla.data import lerobot_v3
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer, read_tasks
+from dexvla.data.lerobot_v3 import writer as writer_module
 
 
 def assert_same_episode(a, b, *, exact_images: bool = True) -> None:
@@ -102,7 +106,7 @@ def test_crash_mid_episode_keeps_earlier_episodes(tmp_path, make_episode, monkey
     first = make_episode(0)
     writer = LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50)
     writer.add_episode(first)
-    real_write = lerobot_v3.atomic_write_parquet
+    real_write = writer_module.atomic_write_parquet
 
     def failing(path, table, **kwargs):
         if path.parts[-3] == fail_on:
@@ -110,11 +114,11 @@ def test_crash_mid_episode_keeps_earlier_episodes(tmp_path, make_episode, monkey
             raise OSError("disk full")
         real_write(path, table, **kwargs)
 
-    monkeypatch.setattr(lerobot_v3, "atomic_write_parquet", failing)
+    monkeypatch.setattr(writer_module, "atomic_write_parquet", failing)
     with pytest.raises(OSError, match="disk full"):
         writer.add_episode(make_episode(1))
     assert writer.num_episodes == 1
-    monkeypatch.setattr(lerobot_v3, "atomic_write_parquet", real_write)
+    monkeypatch.setattr(writer_module, "atomic_write_parquet", real_write)
     data = LeRobotV3Dataset(tmp_path)
     assert data.num_episodes == 1
     assert_same_episode(data.episode(0), first)
@@ -148,12 +152,28 @@ def test_bad_episode_is_rejected_and_nothing_written(tmp_path, make_episode):
     assert len(list((tmp_path / "data").rglob("*.parquet"))) == 1
 
 
+def _stored_image_bytes(root) -> list[bytes]:
+    table = pq.read_table(root / "data/chunk-000/file-000.parquet")
+    return [value["bytes"] for value in table.column("observation.images.cam_high").to_pylist()]
+
+
 def test_jpeg_images(tmp_path, make_episode):
     episode = make_episode(0, image_hw=(16, 16))
     episode.images = {k: np.full_like(v, 90) for k, v in episode.images.items()}
-    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50, image_format="jpeg") as writer:
+    jpeg, png = tmp_path / "jpeg", tmp_path / "png"
+    with LeRobotV3Writer(jpeg, embodiment="aloha", fps=50, image_format="jpeg") as writer:
         writer.add_episode(episode)
-    assert_same_episode(LeRobotV3Dataset(tmp_path).episode(0), episode, exact_images=False)
+    with LeRobotV3Writer(png, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(episode)
+    assert_same_episode(LeRobotV3Dataset(jpeg).episode(0), episode, exact_images=False)
+    stored = _stored_image_bytes(jpeg)
+    assert len(stored) == len(episode) and all(b[:3] == b"\xff\xd8\xff" for b in stored)
+    assert all(b[:8] == b"\x89PNG\r\n\x1a\n" for b in _stored_image_bytes(png))
+    for root, image_format in ((jpeg, "jpeg"), (png, "png")):
+        info = json.loads((root / "meta/info.json").read_text())
+        assert info["dexvla"]["image_format"] == image_format
+    with pytest.raises(ValueError, match="image_format must be one of"):
+        LeRobotV3Writer(tmp_path / "gif", embodiment="aloha", fps=50, image_format="gif")
 
 
 def test_reader_errors_name_the_file(tmp_path, make_episode):
@@ -294,3 +314,92 @@ def test_camera_fovy_is_recorded_and_a_mismatch_refused(tmp_path, make_episode):
         with pytest.raises(ValueError, match=r"at 78\.0 deg field of view vs dataset .* at 50\.0"):
             writer.add_episode(older)
     assert LeRobotV3Dataset(tmp_path).num_episodes == 1
+
+
+def test_adding_an_episode_writes_only_that_episode(tmp_path, make_episode, monkeypatch):
+    writer = LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50)
+    for seed in range(3):
+        writer.add_episode(make_episode(seed))
+    written = []
+    real_parquet, real_json = writer_module.atomic_write_parquet, writer_module.atomic_write_json
+
+    def parquet(path, table, **kwargs):
+        written.append((path.relative_to(tmp_path).as_posix(), table.num_rows))
+        real_parquet(path, table, **kwargs)
+
+    def json_file(path, value, **kwargs):
+        written.append((path.relative_to(tmp_path).as_posix(), None))
+        real_json(path, value, **kwargs)
+
+    monkeypatch.setattr(writer_module, "atomic_write_parquet", parquet)
+    monkeypatch.setattr(writer_module, "atomic_write_json", json_file)
+    writer.add_episode(make_episode(3))
+    assert written == [
+        ("data/chunk-000/file-003.parquet", 12),
+        ("meta/episodes/chunk-000/file-003.parquet", 1),
+    ]
+    assert LeRobotV3Dataset(tmp_path).num_episodes == 4  # readable before close()
+    written.clear()
+    writer.close()
+    assert written == [
+        ("meta/episodes/chunk-000/file-000.parquet", 4),
+        ("meta/stats.json", None),
+        ("meta/info.json", None),
+    ]
+    files = sorted(p.name for p in (tmp_path / "meta/episodes").rglob("*.parquet"))
+    assert files == ["file-000.parquet"]
+    written.clear()
+    writer.close()
+    assert written == []
+
+
+KILLED_WRITER = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+from conftest import synthetic_episode
+from dexvla.data.lerobot_v3 import LeRobotV3Writer
+writer = LeRobotV3Writer(sys.argv[1], embodiment="aloha", fps=50)
+for seed in range(3):
+    writer.add_episode(synthetic_episode(seed))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_killed_writer_loses_nothing_and_resumes_to_a_closed_dataset(tmp_path, make_episode):
+    killed, closed = tmp_path / "killed", tmp_path / "closed"
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(killed), tests_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    data = LeRobotV3Dataset(killed)
+    assert data.num_episodes == 3
+    for seed in range(3):
+        assert_same_episode(data.episode(seed), make_episode(seed))
+    with LeRobotV3Writer(killed, embodiment="aloha", fps=50) as writer:
+        assert writer.completed_seeds() == {0, 1, 2}
+        writer.add_episode(make_episode(3))
+    with LeRobotV3Writer(closed, embodiment="aloha", fps=50) as writer:
+        for seed in range(4):
+            writer.add_episode(make_episode(seed))
+    files = sorted(p.relative_to(closed) for p in closed.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(killed) for p in killed.rglob("*") if p.is_file())
+    for path in files:
+        assert (killed / path).read_bytes() == (closed / path).read_bytes(), path
+
+
+def test_rows_left_in_two_files_are_read_once(tmp_path, make_episode):
+    writer = LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50)
+    for seed in range(3):
+        writer.add_episode(make_episode(seed))
+    # killed while consolidating: the full table is in place, the one-row files not yet gone
+    pq.write_table(
+        pa.Table.from_pylist(writer.rows), tmp_path / "meta/episodes/chunk-000/file-000.parquet"
+    )
+    data = LeRobotV3Dataset(tmp_path)
+    assert data.num_episodes == 3 and data.num_frames == 36
+    assert LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50).num_episodes == 3
+    assert LeRobotV3Dataset(tmp_path).episode(2).seed == 2

@@ -11,12 +11,8 @@ from torch.utils.data import DataLoader
 
 from dexvla.data.act_hdf5 import ActHdf5Dataset, write_act_episode
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer
-from dexvla.data.windows import (
-    ChunkWindows,
-    EmbodimentBatchSampler,
-    MixtureDataset,
-    collate_windows,
-)
+from dexvla.data.sampler import EmbodimentBatchSampler
+from dexvla.data.windows import ChunkWindows, MixtureDataset, collate_windows
 from dexvla.stats import DatasetStats, Normalizer
 
 

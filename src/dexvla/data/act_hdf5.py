@@ -17,7 +17,6 @@ ACT's camera names (`top`, `left_wrist`, `right_wrist`) are mapped to the embodi
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
@@ -25,10 +24,10 @@ from typing import Any
 
 import h5py
 import numpy as np
-from PIL import Image
 
+from dexvla.data.images import decode_image, encode_image
 from dexvla.embodiments import EMBODIMENTS, Embodiment, get_embodiment
-from dexvla.io import TMP_SUFFIX
+from dexvla.io import atomic_write
 from dexvla.schema import Episode
 
 ACT_CAMERA_ALIASES = {
@@ -44,14 +43,6 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes | np.bytes_):
         return bytes(value).decode("utf-8", errors="replace")
     return str(value)
-
-
-def _decode_jpeg(buffer: np.ndarray, where: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(buffer.tobytes())) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except OSError as error:
-        raise ValueError(f"{where}: cannot decode JPEG frame ({error})") from None
 
 
 def _guess_embodiment(action_dim: int, state_dim: int, where: str) -> Embodiment:
@@ -186,7 +177,7 @@ class _ActFile:
         if self.compress_len is not None:
             size = int(self.compress_len[self._stored_order.index(key), t])
             buffer = buffer[:size]
-        return _decode_jpeg(buffer, where)
+        return decode_image(buffer.tobytes(), where)
 
     def images(self, cam: str) -> np.ndarray:
         key = self.cameras[cam]
@@ -232,10 +223,8 @@ def write_act_episode(
 ) -> None:
     """Write an episode in the ACT/DexVLA HDF5 layout (atomically); used to make fixtures."""
     episode.validate()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    try:
+
+    def write(temp: Path) -> None:
         with h5py.File(temp, "w") as root:
             root.attrs["sim"] = True
             root.attrs["compress"] = compress
@@ -246,13 +235,13 @@ def write_act_episode(
             cams = sorted(episode.images)
             if compress:
                 encoded = {
-                    cam: [_encode_jpeg(f, jpeg_quality) for f in episode.images[cam]]
+                    cam: [encode_image(f, "jpeg", jpeg_quality) for f in episode.images[cam]]
                     for cam in cams
                 }
                 width = max(len(b) for frames in encoded.values() for b in frames)
                 lengths = np.zeros((len(cams), len(episode)), dtype=np.int64)
                 for row, cam in enumerate(cams):
-                    padded = np.zeros((len(episode), width), dtype=np.uint8)
+                    padded = np.zeros((len(episode), width), dtype=np.uint8)  # (T, N)
                     for t, data in enumerate(encoded[cam]):
                         padded[t, : len(data)] = np.frombuffer(data, dtype=np.uint8)
                         lengths[row, t] = len(data)
@@ -271,15 +260,8 @@ def write_act_episode(
             )
             if episode.reward is not None:
                 root.create_dataset("reward", data=episode.reward.astype(np.float32))
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
-
-def _encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
+    atomic_write(Path(path), write)
 
 
 class ActHdf5Dataset:
@@ -387,13 +369,12 @@ def write_substeps(path: Path, substeps: list[str]) -> None:
         length = int(h5["action"].shape[0])
     if len(substeps) != length:
         raise ValueError(f"{path}: {length} frames, got {len(substeps)} sub-steps")
-    temp = path.with_name(f".{path.name}{TMP_SUFFIX}")
-    try:
+
+    def write(temp: Path) -> None:
         shutil.copyfile(path, temp)
         with h5py.File(temp, "r+") as h5:
             if "substep_reasonings" in h5:
                 del h5["substep_reasonings"]
             h5.create_dataset("substep_reasonings", data=np.array([s.encode() for s in substeps]))
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
+
+    atomic_write(path, write)

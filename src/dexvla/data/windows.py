@@ -5,24 +5,24 @@ For frame t of an episode of length T, a sample holds the frame's images (float3
 marking steps past the episode's end. Padded steps repeat the episode's last action
 (`pad="last"`, the default: a robot that holds its final command) or are zeros in normalised
 units (`pad="zero"`); either way the loss masks them. `collate_windows` stacks samples into the
-batch layout of docs/interfaces.md; `MixtureDataset` + `EmbodimentBatchSampler` mix datasets by
-weight with one embodiment per batch (stage 1).
+batch layout of docs/interfaces.md; `MixtureDataset` with `EmbodimentBatchSampler` (in
+`dexvla.data.sampler`) mixes datasets by weight with one embodiment per batch (stage 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from dexvla.data.sources import EpisodeSource
-from dexvla.stats import ACTION, STATE, Normalizer
+from dexvla.schema import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, SUBSTEP, TASK, image_key
+from dexvla.stats import Normalizer
 
 PAD_MODES = ("last", "zero")
-IMAGE_PREFIX = "observation.images."
 
 
 def _to_chw_float(image: np.ndarray) -> np.ndarray:
@@ -87,7 +87,7 @@ class ChunkWindows(Dataset):
             )
         is_pad = np.arange(self.chunk_size) >= valid
         sample: dict[str, Any] = {
-            IMAGE_PREFIX + cam: torch.from_numpy(_to_chw_float(self.source.image(episode, t, cam)))
+            image_key(cam): torch.from_numpy(_to_chw_float(self.source.image(episode, t, cam)))
             for cam in self.cameras
         }
         state = self.normalizer.normalize(STATE, low["state"][t], self.embodiment)
@@ -95,10 +95,10 @@ class ChunkWindows(Dataset):
             {
                 STATE: torch.from_numpy(state),
                 ACTION: torch.from_numpy(np.ascontiguousarray(norm_actions, dtype=np.float32)),
-                "action_is_pad": torch.from_numpy(is_pad),
-                "task": low["task"],
-                "substep": low["substeps"][t],
-                "embodiment": self.embodiment,
+                ACTION_IS_PAD: torch.from_numpy(is_pad),
+                TASK: low["task"],
+                SUBSTEP: low["substeps"][t],
+                EMBODIMENT: self.embodiment,
                 "episode_index": episode,
                 "frame_index": t,
             }
@@ -110,7 +110,7 @@ def collate_windows(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into a batch: tensors stacked, strings as lists, indices as int64."""
     if not samples:
         raise ValueError("collate_windows: empty batch")
-    embodiments = {s["embodiment"] for s in samples}
+    embodiments = {s[EMBODIMENT] for s in samples}
     if len(embodiments) != 1:
         raise ValueError(f"collate_windows: one embodiment per batch, got {sorted(embodiments)}")
     batch: dict[str, Any] = {}
@@ -149,37 +149,3 @@ class MixtureDataset(Dataset):
         sample = self.datasets[k][int(index - self.offsets[k])]
         sample["dataset_index"] = k
         return sample
-
-
-class EmbodimentBatchSampler(Sampler[list[int]]):
-    """Batches of indices into a `MixtureDataset`, each drawn from a single dataset.
-
-    Each batch picks dataset k with probability `weights[k]`, then `batch_size` frames of it
-    uniformly (with replacement), so every batch has one embodiment. Seeded and reproducible.
-    """
-
-    def __init__(
-        self, mixture: MixtureDataset, *, batch_size: int, num_batches: int, seed: int = 0
-    ) -> None:
-        if batch_size <= 0 or num_batches <= 0:
-            raise ValueError("batch_size and num_batches must be positive")
-        self.mixture = mixture
-        self.batch_size = batch_size
-        self.num_batches = num_batches
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-        weights = torch.as_tensor(self.mixture.weights)
-        picks = torch.multinomial(weights, self.num_batches, replacement=True, generator=generator)
-        for k in picks.tolist():
-            size = len(self.mixture.datasets[k])
-            frames = torch.randint(size, (self.batch_size,), generator=generator)
-            yield (frames + int(self.mixture.offsets[k])).tolist()

@@ -39,6 +39,7 @@ from dexvla.policy.configuration import get_policy_preset
 from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.runtime.inference import InferenceRuntime, RuntimeConfig
+from dexvla.schema import EMBODIMENT, STATE, TASK, image_key
 from dexvla.stats import DatasetStats
 
 TARGET_ACTIONS_PER_S = 60.0
@@ -63,12 +64,12 @@ def observations(n: int, size: int, seed: int = 0) -> list[dict]:
     out = []
     for _ in range(n):
         obs = {
-            f"observation.images.{cam}": rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+            image_key(cam): rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
             for cam in spec.cameras
         }
-        obs["observation.state"] = rng.normal(size=spec.state_dim).astype(np.float32)
-        obs["task"] = "pick up the red cube and hand it over to the left arm"
-        obs["embodiment"] = "aloha"
+        obs[STATE] = rng.normal(size=spec.state_dim).astype(np.float32)
+        obs[TASK] = "pick up the red cube and hand it over to the left arm"
+        obs[EMBODIMENT] = "aloha"
         out.append(obs)
     return out
 

@@ -23,7 +23,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from dexvla.policy.scaledp import SCALEDP_PRESETS, ScaleDP, ScaleDPConfig, count_parameters
+from dexvla.policy.configuration import EXPERT_PRESETS, count_expert_parameters
+from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 
 
 def step_flops(config: ScaleDPConfig, embodiment: str, batch: int, steps: int) -> int:
@@ -71,7 +72,7 @@ def main() -> None:
         "matmul 2048^3": (lambda: a @ b, 2 * 2048**3)
     }
     for name in args.presets:
-        config = SCALEDP_PRESETS[name]
+        config = EXPERT_PRESETS[name]
         embodiment = next(iter(config.embodiments))
         action_dim, state_dim = config.embodiments[embodiment]
         model = ScaleDP(config).eval()
@@ -100,7 +101,8 @@ def main() -> None:
                 lambda compiled=compiled, inputs=inputs: compiled(*inputs),
                 flops,
             )
-        print(f"{name}: {count_parameters(config) / 1e6:.1f}M params, {flops / 1e9:.2f} GFLOP/step")
+        params = count_expert_parameters(config)
+        print(f"{name}: {params / 1e6:.1f}M params, {flops / 1e9:.2f} GFLOP/step")
 
     seconds: dict[str, list[float]] = {key: [] for key in cases}
     with torch.inference_mode():

@@ -24,9 +24,12 @@ from dexvla.data.lerobot_v3 import LeRobotV3Writer
 from dexvla.data.windows import collate_windows
 from dexvla.embodiments import get_embodiment
 from dexvla.schema import Episode
-from dexvla.train.engine import Trainer, build_optimizer
+from dexvla.train.engine import Trainer
 from dexvla.train.metrics import read_metrics
-from dexvla.train.stages import build_model, get_stage_preset, load_stage_data
+from dexvla.train.optim import build_optimizer
+from dexvla.train.recipes import get_stage_preset
+from dexvla.train.stage_data import load_stage_data
+from dexvla.train.stages import build_model
 
 
 def write_dataset(root: Path, episodes: int, length: int, size: int) -> Path:

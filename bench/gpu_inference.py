@@ -38,6 +38,7 @@ from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.policy.tokenizer import load_tiny_tokenizer
 from dexvla.policy.vlm import qwen2vl_config
+from dexvla.schema import EMBODIMENT, STATE, TASK, image_key
 from dexvla.stats import DatasetStats
 
 TARGETS_MS = {"reasoning": 60.0, "cached": 20.0}
@@ -82,13 +83,10 @@ def build_policy(preset: str, new_tokens: int, device: str, dtype: torch.dtype) 
 def observation(size: tuple[int, int], seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     spec = get_embodiment("aloha")
-    obs = {
-        f"observation.images.{cam}": rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        for cam in spec.cameras
-    }
-    obs["observation.state"] = rng.normal(size=spec.state_dim).astype(np.float32)
-    obs["task"] = "pick up the red cube and hand it over to the left arm"
-    obs["embodiment"] = "aloha"
+    obs = {image_key(cam): rng.integers(0, 256, (*size, 3), dtype=np.uint8) for cam in spec.cameras}
+    obs[STATE] = rng.normal(size=spec.state_dim).astype(np.float32)
+    obs[TASK] = "pick up the red cube and hand it over to the left arm"
+    obs[EMBODIMENT] = "aloha"
     return obs
 
 

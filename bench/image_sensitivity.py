@@ -30,7 +30,7 @@ import torch
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset
 from dexvla.embodiments import get_embodiment
 from dexvla.policy.modeling import DexVLAPolicy
-from dexvla.policy.vlm import masked_mean
+from dexvla.schema import EMBODIMENT, STATE, TASK, image_key
 
 # ALOHA's two arms (joints + gripper) in its 14-D action; other embodiments: all dimensions.
 GROUPS = {"aloha": {"left arm": slice(0, 7), "right arm": slice(7, 14)}}
@@ -60,10 +60,8 @@ def main() -> None:
 
     def observation(images_from: int, state_from: int, t: int) -> dict:
         low = dataset.lowdim(state_from)
-        obs = {f"observation.images.{c}": dataset.image(images_from, t, c) for c in cameras}
-        obs.update(
-            {"observation.state": low["state"][t], "task": low["task"], "embodiment": embodiment}
-        )
+        obs = {image_key(c): dataset.image(images_from, t, c) for c in cameras}
+        obs.update({STATE: low["state"][t], TASK: low["task"], EMBODIMENT: embodiment})
         return obs
 
     def seeded(seed: int) -> torch.Generator:
@@ -109,7 +107,7 @@ def signal_path(
     """Largest and median between-scene spread at each stage of the condition's path."""
     embodiment = dataset.embodiment
     batch = {
-        f"observation.images.{cam}": torch.from_numpy(
+        image_key(cam): torch.from_numpy(
             np.stack([dataset.image(i, 0, cam) for i in range(scenes)])
         )
         .permute(0, 3, 1, 2)
@@ -117,14 +115,12 @@ def signal_path(
         / 255
         for cam in get_embodiment(embodiment).cameras
     }
-    batch["task"] = [dataset.lowdim(0)["task"]] * scenes
-    vision = policy._vlm_inputs(batch, embodiment)
+    batch[TASK] = [dataset.lowdim(0)["task"]] * scenes
+    vision = policy.vision_inputs(batch, embodiment)
     tokens = policy.vlm.model.visual(vision["pixel_values"], grid_thw=vision["image_grid_thw"])
     tokens = getattr(tokens, "pooler_output", tokens)
-    cameras = len(get_embodiment(embodiment).cameras)
-    encoded = policy.prompts.encode(policy._tokens_per_image(cameras), batch["task"], [""] * scenes)
-    hidden = policy._hidden(encoded.input_ids, encoded.attention_mask, vision)
-    prompt = masked_mean(hidden, encoded.prompt_mask)
+    encoding = policy.encode(batch, embodiment, [""] * scenes, vision)
+    hidden, prompt = encoding.hidden, encoding.prompt  # (N, L, D_vlm), (N, D_vlm)
     cond = policy.fusion(prompt, torch.zeros_like(prompt))
     stages = {
         "pixels": vision["pixel_values"].reshape(scenes, 1, -1),

@@ -10,6 +10,7 @@ from dexvla.embodiments import get_embodiment
 from dexvla.policy.configuration import get_policy_preset
 from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
+from dexvla.schema import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, SUBSTEP, TASK, image_key
 from dexvla.stats import DatasetStats
 
 ALOHA = get_embodiment("aloha")
@@ -38,27 +39,26 @@ def make_policy(**changes) -> DexVLAPolicy:
 def make_observation(seed: int = 0, size=(48, 64)) -> dict:
     rng = np.random.default_rng(seed)
     obs = {
-        f"observation.images.{cam}": rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
+        image_key(cam): rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
         for cam in ALOHA.cameras
     }
-    obs["observation.state"] = rng.normal(size=14).astype(np.float32)
-    obs["task"] = "transfer the cube"
-    obs["embodiment"] = "aloha"
+    obs[STATE] = rng.normal(size=14).astype(np.float32)
+    obs[TASK] = "transfer the cube"
+    obs[EMBODIMENT] = "aloha"
     return obs
 
 
 def make_batch(batch_size: int = 2, chunk: int = 50, seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     batch = {
-        f"observation.images.{cam}": torch.rand(batch_size, 3, 48, 64, generator=gen)
-        for cam in ALOHA.cameras
+        image_key(cam): torch.rand(batch_size, 3, 48, 64, generator=gen) for cam in ALOHA.cameras
     }
-    batch["observation.state"] = torch.randn(batch_size, 14, generator=gen)
-    batch["action"] = torch.rand(batch_size, chunk, 14, generator=gen) * 2 - 1
-    batch["action_is_pad"] = torch.zeros(batch_size, chunk, dtype=torch.bool)
-    batch["task"] = ["transfer the cube"] * batch_size
-    batch["substep"] = ["grasp the cube with the right arm"] + [""] * (batch_size - 1)
-    batch["embodiment"] = ["aloha"] * batch_size
+    batch[STATE] = torch.randn(batch_size, 14, generator=gen)
+    batch[ACTION] = torch.rand(batch_size, chunk, 14, generator=gen) * 2 - 1
+    batch[ACTION_IS_PAD] = torch.zeros(batch_size, chunk, dtype=torch.bool)
+    batch[TASK] = ["transfer the cube"] * batch_size
+    batch[SUBSTEP] = ["grasp the cube with the right arm"] + [""] * (batch_size - 1)
+    batch[EMBODIMENT] = ["aloha"] * batch_size
     return batch
 
 

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.schema import Reasoning
 
 from .conftest import make_batch, make_observation, make_policy
 
@@ -73,7 +74,8 @@ def test_predict_action_chunk_single_and_batched(policy):
     obs = make_observation()
     actions, reasoning = policy.predict_action_chunk(obs)
     assert actions.shape == (50, 14) and actions.dtype == np.float32
-    assert isinstance(reasoning.text, str)
+    assert isinstance(reasoning, Reasoning) and isinstance(reasoning.text, str)
+    assert reasoning.states.shape == (1, policy.fusion.vlm_dim)
     batched, reasoning_b = policy.predict_action_chunk([obs, make_observation(1)])
     assert batched.shape == (2, 50, 14)
     assert len(reasoning_b.text) == 2
@@ -236,3 +238,29 @@ def test_policy_without_stats_says_so():
 
     with pytest.raises(ValueError, match="no normalisation statistics"):
         Policy(tiny_config()).predict_action_chunk(make_observation())
+
+
+def test_encode_pools_prompt_and_substep_states_of_one_pass(policy):
+    policy.eval()
+    batch = make_batch()
+    with torch.no_grad():
+        encoding = policy.encode(batch, "aloha", ["grasp the cube", ""])
+        empty = policy.encode(batch, "aloha", ["", ""])
+    dim = policy.fusion.vlm_dim
+    assert encoding.prompt.shape == encoding.reasoning.shape == (2, dim)
+    assert encoding.hidden.shape[::2] == (2, dim)
+    assert encoding.labels.shape == encoding.hidden.shape[:2]
+    # causal attention: the prompt's states do not depend on the answer after it
+    torch.testing.assert_close(encoding.prompt, empty.prompt, rtol=1e-4, atol=1e-5)
+    assert encoding.reasoning[0].abs().sum() > 0
+    assert torch.count_nonzero(encoding.reasoning[1]) == 0  # no sub-step tokens to pool
+
+
+def test_cached_reasoning_must_fit_the_batch(policy):
+    policy.eval()
+    obs = make_observation()
+    reasoning = policy.generate_reasoning(obs)
+    with pytest.raises(ValueError, match="reasoning holds 1 sub-steps for 2 observations"):
+        policy.predict_action_chunk([obs, make_observation(1)], reasoning=reasoning)
+    with pytest.raises(ValueError, match="carries no pooled states"):
+        policy.predict_action_chunk(obs, reasoning=Reasoning(text="grasp the cube"))

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from dexvla.schema import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, SUBSTEP, TASK, image_key
+
 from .conftest import ALOHA, make_policy
 
 STEPS = 500
@@ -17,15 +19,15 @@ def fixed_batch() -> dict:
     time = torch.linspace(0, 3, 50)[None, :, None]
     joints = 1 + torch.arange(14)[None, None, :] / 7
     actions = 0.8 * torch.sin(time * joints + torch.arange(2)[:, None, None] * 1.5)
-    batch = {f"observation.images.{cam}": images.clone() for cam in ALOHA.cameras}
+    batch = {image_key(cam): images.clone() for cam in ALOHA.cameras}
     batch.update(
         {
-            "observation.state": torch.randn(2, 14, generator=torch.Generator().manual_seed(0)),
-            "action": actions,
-            "action_is_pad": torch.zeros(2, 50, dtype=torch.bool),
-            "task": ["transfer the cube"] * 2,
-            "substep": ["grasp the cube with the right arm", "place the cube into the bin"],
-            "embodiment": ["aloha"] * 2,
+            STATE: torch.randn(2, 14, generator=torch.Generator().manual_seed(0)),
+            ACTION: actions,
+            ACTION_IS_PAD: torch.zeros(2, 50, dtype=torch.bool),
+            TASK: ["transfer the cube"] * 2,
+            SUBSTEP: ["grasp the cube with the right arm", "place the cube into the bin"],
+            EMBODIMENT: ["aloha"] * 2,
         }
     )
     return batch
@@ -61,14 +63,14 @@ def test_tiny_policy_overfits_actions_and_substeps():
     policy.eval()
     observations = []
     for row in range(2):
-        image = (batch["observation.images.cam_high"][row].permute(1, 2, 0) * 255).byte().numpy()
-        obs = {f"observation.images.{cam}": image for cam in ALOHA.cameras}
+        image = (batch[image_key("cam_high")][row].permute(1, 2, 0) * 255).byte().numpy()
+        obs = {image_key(cam): image for cam in ALOHA.cameras}
         obs.update(
             {
-                "observation.state": batch["observation.state"][row].numpy(),
-                "task": "transfer the cube",
-                "embodiment": "aloha",
+                STATE: batch[STATE][row].numpy(),
+                TASK: "transfer the cube",
+                EMBODIMENT: "aloha",
             }
         )
         observations.append(obs)
-    assert policy.generate_reasoning(observations).text == batch["substep"]
+    assert policy.generate_reasoning(observations).text == batch[SUBSTEP]

@@ -9,15 +9,21 @@ import time
 import numpy as np
 import pytest
 
+import dexvla.runtime
 from dexvla.runtime.inference import (
     BatchedInferenceRuntime,
     ChunkPolicy,
     InferenceRuntime,
-    Reasoning,
     RuntimeConfig,
 )
+from dexvla.schema import EMBODIMENT, STATE, TASK, Reasoning
 
-OBS = {"observation.state": np.zeros(2, np.float32), "task": "t", "embodiment": "sawyer"}
+OBS = {STATE: np.zeros(2, np.float32), TASK: "t", EMBODIMENT: "sawyer"}
+
+
+def test_the_runtime_exports_the_one_reasoning_class():
+    assert dexvla.runtime.Reasoning is Reasoning
+    assert Reasoning(text=["a", "b"]).texts == ["a", "b"] and Reasoning(text="a").texts == ["a"]
 
 
 class FakePolicy:

@@ -11,19 +11,7 @@ import pytest
 
 from dexvla.serve.protocol import ProtocolError, packb, unpackb
 
-
-def openpi_style_default(obj):
-    """The layout openpi's msgpack_numpy documents, written independently for the test."""
-    if isinstance(obj, np.ndarray):
-        return {
-            b"__ndarray__": True,
-            b"data": obj.tobytes(),
-            b"dtype": obj.dtype.str,
-            b"shape": obj.shape,
-        }
-    if isinstance(obj, np.generic):
-        return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
-    return obj
+from .conftest import openpi_encode
 
 
 def test_round_trip_of_arrays_scalars_and_plain_values() -> None:
@@ -46,7 +34,7 @@ def test_round_trip_of_arrays_scalars_and_plain_values() -> None:
 
 def test_bytes_match_the_openpi_layout_both_ways() -> None:
     message = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "s": np.int32(3), "t": "x"}
-    theirs = msgpack.packb(message, default=openpi_style_default, use_bin_type=True)
+    theirs = msgpack.packb(message, default=openpi_encode, use_bin_type=True)
     assert packb(message) == theirs
     np.testing.assert_array_equal(unpackb(theirs)["a"], message["a"])
 

@@ -15,11 +15,13 @@ import pytest
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
-from dexvla.runtime.inference import Reasoning
+from dexvla.schema import Reasoning
 from dexvla.serve.client import PolicyServerError, WebsocketClientPolicy
 from dexvla.serve.protocol import packb, unpackb
 from dexvla.serve.server import PolicyServer
 from dexvla.serve.service import ChunkPolicyService
+
+from .conftest import openpi_decode, openpi_encode
 
 TIMEOUT = 10.0
 EMBODIMENT = "sawyer"  # state 4, action 4, one camera "cam_high"
@@ -91,23 +93,6 @@ def client_for(server: PolicyServer, api_key: str | None = None) -> WebsocketCli
     return WebsocketClientPolicy(
         "127.0.0.1", server.port, api_key=api_key, open_timeout=TIMEOUT, timeout=TIMEOUT
     )
-
-
-def openpi_decode(obj: dict):
-    if b"__ndarray__" in obj:
-        return np.frombuffer(obj[b"data"], dtype=obj[b"dtype"]).reshape(obj[b"shape"])
-    return obj
-
-
-def openpi_encode(obj):
-    if isinstance(obj, np.ndarray):
-        return {
-            b"__ndarray__": True,
-            b"data": obj.tobytes(),
-            b"dtype": obj.dtype.str,
-            b"shape": obj.shape,
-        }
-    return obj
 
 
 def test_metadata_on_connect_describes_the_embodiment(server: PolicyServer) -> None:
@@ -347,7 +332,7 @@ def test_serve_command_is_registered_with_loopback_defaults() -> None:
     assert args.func.__module__ == "dexvla.serve.commands"
 
 
-def test_serve_command_wires_checkpoint_embodiment_and_limits(monkeypatch) -> None:
+def test_serve_command_wires_checkpoint_embodiment_and_limits(monkeypatch, served) -> None:
     from dexvla.cli import main
 
     loaded_from: list[str] = []
@@ -356,19 +341,13 @@ def test_serve_command_wires_checkpoint_embodiment_and_limits(monkeypatch) -> No
         loaded_from.append(directory)
         policy = EchoPolicy()
         policy.config = SimpleNamespace(embodiments=(EMBODIMENT,), chunk_size=CHUNK)
+        stats = SimpleNamespace(embodiments=[EMBODIMENT])
+        policy.processor = SimpleNamespace(require_stats=lambda: stats)
         return policy
 
     fake_class = SimpleNamespace(from_pretrained=from_pretrained)
     fake_module = SimpleNamespace(DexVLAPolicy=fake_class)
     monkeypatch.setitem(sys.modules, "dexvla.policy.modeling", fake_module)
-    seen: list[PolicyServer] = []
-
-    async def serve_once(self: PolicyServer) -> None:
-        await self.start()
-        seen.append(self)
-        await self.stop()
-
-    monkeypatch.setattr(PolicyServer, "serve_forever", serve_once)
     argv = [
         "serve",
         "--checkpoint",
@@ -381,7 +360,7 @@ def test_serve_command_wires_checkpoint_embodiment_and_limits(monkeypatch) -> No
         "1",
     ]
     assert main(argv) == 0
-    (server,) = seen
+    (server,) = served
     assert loaded_from == ["ckpt"]
     assert (server.host, server.api_key, server.max_message_bytes) == ("127.0.0.1", "k", 2**20)
     assert server.service.metadata()["embodiment"] == EMBODIMENT

@@ -1,26 +1,102 @@
-"""Policy checkpoint files: their names, the one reader of `config.json`, strict loading.
+"""Policy checkpoint files: their names, the one reader of `config.json`, writing, strict loading.
 
 A checkpoint directory holds `config.json`, `model.safetensors`, `stats.json` and
-`tokenizer/` (a stage-1 artefact: the first three). Weights load strictly: a missing,
-unexpected or mis-shaped tensor is an error that lists them. Nothing is unpickled.
+`tokenizer/` (a stage-1 artefact: the first three). A policy's `config.json` is its
+`PolicyConfig` plus the VLM's full architecture under `vlm_architecture`, so it can be rebuilt
+without the hub. Weights load strictly: a missing, unexpected or mis-shaped tensor is an error
+that lists them. Nothing is unpickled.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_model
 from torch import nn
+from transformers import PreTrainedTokenizerBase, Qwen2VLConfig
 
-from dexvla.io import read_json
+from dexvla.io import atomic_directory, atomic_write_json, read_json
+from dexvla.policy.configuration import PolicyConfig
+from dexvla.stats import DatasetStats
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 STATS_NAME = "stats.json"
 TOKENIZER_DIR = "tokenizer"
+VLM_ARCHITECTURE = "vlm_architecture"
+POLICY_FILES = (CONFIG_NAME, WEIGHTS_NAME, STATS_NAME)
+
+
+@dataclass
+class PolicyCheckpoint:
+    """A policy checkpoint directory, read: its config, VLM architecture and statistics.
+
+    The weights and the tokenizer are left where they are (`weights_path`, `tokenizer_dir`).
+    """
+
+    directory: Path
+    config: PolicyConfig
+    vlm_architecture: Qwen2VLConfig
+    stats: DatasetStats
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / WEIGHTS_NAME
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.directory / TOKENIZER_DIR
+
+
+def write_policy_checkpoint(
+    directory: str | Path,
+    config: PolicyConfig,
+    model: nn.Module,
+    vlm_architecture: Qwen2VLConfig,
+    stats: DatasetStats,
+    tokenizer: PreTrainedTokenizerBase,
+) -> Path:
+    """Write config.json, model.safetensors, stats.json and the tokenizer, atomically.
+
+    Everything goes into a staging directory that replaces `directory` only once complete, so
+    an interrupted save never leaves a half-written checkpoint behind.
+    """
+    directory = Path(directory)
+    with atomic_directory(directory) as staging:
+        atomic_write_json(
+            staging / CONFIG_NAME,
+            {**config.to_dict(), VLM_ARCHITECTURE: vlm_architecture.to_dict()},
+        )
+        save_model(model, str(staging / WEIGHTS_NAME))
+        stats.save(staging / STATS_NAME)
+        tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
+    return directory
+
+
+def read_policy_checkpoint(directory: str | Path) -> PolicyCheckpoint:
+    """A `write_policy_checkpoint` directory's config, VLM architecture and statistics.
+
+    Errors name the directory: a missing file, a config.json without the VLM architecture
+    (e.g. a stage-1 artefact), or a malformed file.
+    """
+    directory = Path(directory)
+    for name in POLICY_FILES:
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"checkpoint {directory} has no {name}")
+    raw = read_checkpoint_config(directory)
+    if VLM_ARCHITECTURE not in raw:
+        raise ValueError(
+            f"checkpoint {directory} is not a policy checkpoint: its {CONFIG_NAME} has no "
+            f"{VLM_ARCHITECTURE!r} (kind {raw.get('kind')!r})"
+        )
+    architecture = Qwen2VLConfig.from_dict(raw.pop(VLM_ARCHITECTURE))
+    config = PolicyConfig.from_dict(raw)
+    stats = DatasetStats.load(directory / STATS_NAME)
+    return PolicyCheckpoint(directory, config, architecture, stats)
 
 
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""Policy configuration and the one registry of named model presets (VLM, ScaleDP, policy).
+"""Policy configuration and the one registry of named model presets.
 
+Three kinds of preset, each a dict from name to config: `VLM_PRESETS` (Qwen2-VL backbones),
+`EXPERT_PRESETS` (ScaleDP sizes) and `POLICY_PRESETS` (a backbone + an expert + its heads).
 Parameter counts are computed by building each model on the `meta` device, so listing the
 billion-parameter presets allocates no weights and downloads nothing.
 """
@@ -17,7 +19,7 @@ from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 from dexvla.embodiments import get_embodiment
 from dexvla.policy.diffusion import DiffusionConfig
 from dexvla.policy.fusion import ReasoningFusion
-from dexvla.policy.scaledp import SCALEDP_PRESETS, ScaleDP, ScaleDPConfig, count_parameters
+from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 from dexvla.policy.vlm import VLMConfig, load_tokenizer, qwen2vl_config
 
 
@@ -101,32 +103,12 @@ def expert_heads(embodiments: tuple[str, ...] | list[str]) -> dict[str, tuple[in
     }
 
 
-def count_vlm_parameters(config: VLMConfig) -> int:
-    """Parameters of a backbone preset, built on `meta`.
-
-    A preset with pretrained weights is counted from its recorded architecture with Qwen2-VL's
-    own vocabulary, so nothing is downloaded; the tiny preset uses its shipped tokenizer.
-    """
-    tokenizer = None if config.pretrained else load_tokenizer(config)
-    with torch.device("meta"):
-        model = Qwen2VL(qwen2vl_config(config, tokenizer))
-    return _num_parameters(model)
+def vlm_hidden(config: VLMConfig) -> int:
+    """The width of the backbone's hidden states (what the fusion pools)."""
+    return int(config.text["hidden_size"])
 
 
-def count_policy_parameters(config: PolicyConfig) -> int:
-    """Parameters of a full policy: backbone + fusion + expert, counted on `meta`."""
-    vlm_params = count_vlm_parameters(config.vlm)
-    with torch.device("meta"):
-        fusion = ReasoningFusion(int(config.vlm.text["hidden_size"]), config.expert.cond_dim)
-        expert = ScaleDP(config.expert)
-    return vlm_params + _num_parameters(fusion) + _num_parameters(expert)
-
-
-def _num_parameters(model: nn.Module) -> int:
-    """Parameters of a module; tied parameters count once."""
-    return sum(p.numel() for p in model.parameters())
-
-
+# -------------------------------------------------------------------------------------- presets
 VLM_PRESETS: dict[str, VLMConfig] = {
     "qwen2-vl-tiny": VLMConfig(
         name="qwen2-vl-tiny",
@@ -188,23 +170,48 @@ VLM_PRESETS: dict[str, VLMConfig] = {
 }
 
 
+# Sizes for the paper's 93M / 410M / 1B experts (counts with cond_dim 1536, chunk 50 and one
+# 14-D embodiment; see docs/scaledp.md). H is the released code's size; B and L are chosen here
+# because the released L (24 x 1024) is 463M, 13% over the paper's 410M.
+# The tiny-L and tiny-H sizes keep the paper's ratios (93M : 410M : 1B = 1 : 4.4 : 10.2) at CPU
+# scale for the expert-size ablation: 0.74M, 3.3M and 7.5M with the tiny VLM's cond_dim.
+EXPERT_PRESETS: dict[str, ScaleDPConfig] = {
+    "scaledp-tiny": ScaleDPConfig(depth=2, width=128, heads=4),
+    "scaledp-tiny-l": ScaleDPConfig(depth=5, width=184, heads=8),
+    "scaledp-tiny-h": ScaleDPConfig(depth=6, width=256, heads=8),
+    "scaledp-b": ScaleDPConfig(depth=12, width=640, heads=10),
+    "scaledp-l": ScaleDPConfig(depth=28, width=896, heads=14),
+    "scaledp-h": ScaleDPConfig(depth=32, width=1280, heads=16),
+}
+
+
+def _known(kind: str, names: Any) -> str:
+    return f"known {kind} presets: {', '.join(sorted(names))}"
+
+
+def get_vlm_preset(name: str) -> VLMConfig:
+    if name not in VLM_PRESETS:
+        raise KeyError(f"unknown VLM preset {name!r}; {_known('VLM', VLM_PRESETS)}")
+    return VLM_PRESETS[name]
+
+
+def get_expert_preset(name: str, **overrides: Any) -> ScaleDPConfig:
+    """An expert size preset by name, with fields replaced (e.g. `embodiments`, `cond_dim`)."""
+    if name not in EXPERT_PRESETS:
+        raise KeyError(f"unknown expert preset {name!r}; {_known('expert', EXPERT_PRESETS)}")
+    return dataclasses.replace(EXPERT_PRESETS[name], **overrides)
+
+
 def _policy(name: str, vlm: str, expert: str, embodiments: tuple[str, ...]) -> PolicyConfig:
     vlm_config = VLM_PRESETS[vlm]
     return PolicyConfig(
         name=name,
         vlm=vlm_config,
-        expert=dataclasses.replace(
-            SCALEDP_PRESETS[expert],
-            cond_dim=vlm_hidden(vlm_config),
-            embodiments=expert_heads(embodiments),
+        expert=get_expert_preset(
+            expert, cond_dim=vlm_hidden(vlm_config), embodiments=expert_heads(embodiments)
         ),
         diffusion=DiffusionConfig(),
     )
-
-
-def vlm_hidden(config: VLMConfig) -> int:
-    """The width of the backbone's hidden states (what the fusion pools)."""
-    return int(config.text["hidden_size"])
 
 
 POLICY_PRESETS: dict[str, PolicyConfig] = {
@@ -216,10 +223,6 @@ POLICY_PRESETS: dict[str, PolicyConfig] = {
 }
 
 
-def _known(kind: str, names: Any) -> str:
-    return f"known {kind} presets: {', '.join(sorted(names))}"
-
-
 def get_policy_preset(name: str) -> PolicyConfig:
     """A full-policy preset by name, with an error that lists the known ones."""
     if name not in POLICY_PRESETS:
@@ -227,50 +230,76 @@ def get_policy_preset(name: str) -> PolicyConfig:
     return POLICY_PRESETS[name]
 
 
-def get_vlm_preset(name: str) -> VLMConfig:
-    if name not in VLM_PRESETS:
-        raise KeyError(f"unknown VLM preset {name!r}; {_known('VLM', VLM_PRESETS)}")
-    return VLM_PRESETS[name]
+# --------------------------------------------------------------------------- parameter counts
+def count_expert_parameters(config: ScaleDPConfig) -> int:
+    """Parameters of a ScaleDP expert, built on `meta`."""
+    with torch.device("meta"):
+        return _num_parameters(ScaleDP(config))
 
 
-def get_expert_preset(name: str) -> ScaleDPConfig:
-    if name not in SCALEDP_PRESETS:
-        raise KeyError(f"unknown expert preset {name!r}; {_known('expert', SCALEDP_PRESETS)}")
-    return SCALEDP_PRESETS[name]
+def count_fusion_parameters(config: PolicyConfig) -> int:
+    """Parameters of a policy's reasoning fusion, built on `meta`."""
+    with torch.device("meta"):
+        return _num_parameters(ReasoningFusion(vlm_hidden(config.vlm), config.expert.cond_dim))
+
+
+def count_vlm_parameters(config: VLMConfig) -> int:
+    """Parameters of a backbone preset, built on `meta`.
+
+    A preset with pretrained weights is counted from its recorded architecture with Qwen2-VL's
+    own vocabulary, so nothing is downloaded; the tiny preset uses its shipped tokenizer.
+    """
+    tokenizer = None if config.pretrained else load_tokenizer(config)
+    with torch.device("meta"):
+        model = Qwen2VL(qwen2vl_config(config, tokenizer))
+    return _num_parameters(model)
+
+
+def count_policy_parameters(config: PolicyConfig) -> int:
+    """Parameters of a full policy: backbone + fusion + expert, counted on `meta`."""
+    return (
+        count_vlm_parameters(config.vlm)
+        + count_fusion_parameters(config)
+        + count_expert_parameters(config.expert)
+    )
+
+
+def _num_parameters(model: nn.Module) -> int:
+    """Parameters of a module; tied parameters count once."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def describe_presets() -> list[dict[str, Any]]:
     """Every preset with its parameter count (built on `meta`: nothing is allocated)."""
     rows: list[dict[str, Any]] = []
-    with torch.device("meta"):
-        for name, vlm in VLM_PRESETS.items():
-            rows.append(
-                {
-                    "name": name,
-                    "kind": "vlm",
-                    "parameters": count_vlm_parameters(vlm),
-                    "description": f"Qwen2-VL, {vlm.tokens_per_image} tokens per camera "
-                    f"at {vlm.image_size[0]}x{vlm.image_size[1]}",
-                }
-            )
-        for name, expert in SCALEDP_PRESETS.items():
-            rows.append(
-                {
-                    "name": name,
-                    "kind": "expert",
-                    "parameters": count_parameters(expert),
-                    "description": f"ScaleDP depth {expert.depth} width {expert.width} "
-                    f"heads {expert.heads}, chunk {expert.chunk_size}",
-                }
-            )
-        for name, policy in POLICY_PRESETS.items():
-            rows.append(
-                {
-                    "name": name,
-                    "kind": "policy",
-                    "parameters": count_policy_parameters(policy),
-                    "description": f"{policy.vlm.name} + ScaleDP({policy.expert.depth}x"
-                    f"{policy.expert.width}) for {', '.join(policy.embodiments)}",
-                }
-            )
+    for name, vlm in VLM_PRESETS.items():
+        rows.append(
+            {
+                "name": name,
+                "kind": "vlm",
+                "parameters": count_vlm_parameters(vlm),
+                "description": f"Qwen2-VL, {vlm.tokens_per_image} tokens per camera "
+                f"at {vlm.image_size[0]}x{vlm.image_size[1]}",
+            }
+        )
+    for name, expert in EXPERT_PRESETS.items():
+        rows.append(
+            {
+                "name": name,
+                "kind": "expert",
+                "parameters": count_expert_parameters(expert),
+                "description": f"ScaleDP depth {expert.depth} width {expert.width} "
+                f"heads {expert.heads}, chunk {expert.chunk_size}",
+            }
+        )
+    for name, policy in POLICY_PRESETS.items():
+        rows.append(
+            {
+                "name": name,
+                "kind": "policy",
+                "parameters": count_policy_parameters(policy),
+                "description": f"{policy.vlm.name} + ScaleDP({policy.expert.depth}x"
+                f"{policy.expert.width}) for {', '.join(policy.embodiments)}",
+            }
+        )
     return rows

@@ -22,10 +22,15 @@ def projector(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 class ReasoningFusion(nn.Module):
-    """FiLM fusion of pooled prompt states (action tokens) with pooled reasoning-token states."""
+    """FiLM fusion of pooled prompt states (action tokens) with pooled reasoning-token states.
+
+    `vlm_dim` is the width of the pooled states it takes, `cond_dim` that of the condition.
+    """
 
     def __init__(self, vlm_dim: int, cond_dim: int) -> None:
         super().__init__()
+        self.vlm_dim = vlm_dim
+        self.cond_dim = cond_dim
         self.prompt_proj = projector(vlm_dim, cond_dim)
         self.reasoning_proj = projector(vlm_dim, cond_dim)
         self.film_scale = nn.Linear(cond_dim, cond_dim)

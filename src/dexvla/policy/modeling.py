@@ -1,17 +1,21 @@
 """DexVLAPolicy: Qwen2-VL + reasoning fusion + ScaleDP, with LeRobot's policy API.
 
-Training (`forward`): the VLM reads every camera and the instruction with the ground-truth
-sub-step as the answer (teacher forcing). Its final hidden states are mean-pooled over the
-prompt ("action tokens") and over the sub-step tokens ("reasoning tokens"), fused into one
-condition vector, and ScaleDP learns to denoise the action chunk from it. The loss is
-action (noise MSE on valid steps) + `llm_loss_weight` x language (answer tokens only).
+One observation goes down the layers in one pass (B batch, L tokens, D_vlm the VLM width,
+C the condition width, Hc the chunk, A / S the embodiment's action / state size):
 
-Inference: `generate_reasoning` lets the VLM write the sub-step greedily; `predict_action_chunk`
-fuses the current prompt states with that sub-step's states and samples actions with the
-diffusion scheduler; `select_action` executes chunks step by step from a queue.
+1. `processor.prepare`: validate, batch, normalise state -> images (B, 3, H, W), state (B, S);
+2. `encode`: cameras -> vision tower, instruction + sub-step answer -> Qwen2-VL -> final hidden
+   states (B, L, D_vlm), mean-pooled over the prompt ("action tokens") and over the sub-step
+   ("reasoning tokens") -> (B, D_vlm) each;
+3. `fusion`: the two pooled states -> one condition vector (B, C);
+4. ScaleDP (`expert.denoiser`) inside the diffusion loss (training) or sampler (inference)
+   -> normalised actions (B, Hc, A);
+5. `processor.unnormalize_actions` -> robot units.
 
-Normalisation lives in `DexVLAProcessor` (dexvla.policy.processor), outside the model; its
-statistics are saved with the checkpoint.
+Training (`forward`) teacher-forces the ground-truth sub-step; the loss is action (noise MSE on
+valid steps) + `llm_loss_weight` x language (answer tokens only). Inference lets the VLM write
+the sub-step greedily first (`generate_reasoning`), or reuses a cached one; `select_action`
+executes chunks step by step from a queue. The checkpoint format is `dexvla.policy.checkpoint`.
 """
 
 from __future__ import annotations
@@ -24,25 +28,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_model
 from torch import nn
-from transformers import PreTrainedTokenizerBase, Qwen2VLConfig
+from transformers import PreTrainedTokenizerBase
 from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 
 from dexvla.embodiments import get_embodiment
-from dexvla.io import atomic_directory, atomic_write_json
 from dexvla.policy.checkpoint import (
-    CONFIG_NAME,
-    STATS_NAME,
-    TOKENIZER_DIR,
-    WEIGHTS_NAME,
     load_state_dict_strict,
-    read_checkpoint_config,
+    read_policy_checkpoint,
+    write_policy_checkpoint,
 )
 from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
 from dexvla.policy.fusion import ReasoningFusion
-from dexvla.policy.processor import DexVLAProcessor, Observation
+from dexvla.policy.processor import DexVLAProcessor
 from dexvla.policy.scaledp import ScaleDP
 from dexvla.policy.vlm import (
     IGNORE_INDEX,
@@ -52,22 +51,32 @@ from dexvla.policy.vlm import (
     load_tokenizer,
     masked_mean,
 )
+from dexvla.schema import (
+    ACTION,
+    ACTION_IS_PAD,
+    STATE,
+    SUBSTEP,
+    TASK,
+    Observation,
+    Observations,
+    Reasoning,
+    image_key,
+)
 
 
 @dataclass
-class Reasoning:
-    """Generated sub-step(s) and their pooled reasoning-token states (B, D_vlm).
+class Encoding:
+    """One VLM pass over prompt + answer, and its pooled states as the fusion reads them.
 
-    `text` is a string for one observation and a list of strings for a list of observations,
-    as `dexvla.runtime.inference` expects.
+    `hidden` (B, L, D_vlm): final hidden states (before the LM head); `labels` (B, L): the
+    answer's token ids, IGNORE_INDEX elsewhere (the language loss's targets); `prompt` and
+    `reasoning` (B, D_vlm): means over the prompt and over the sub-step tokens.
     """
 
-    text: str | list[str]
-    states: torch.Tensor
-
-    @property
-    def texts(self) -> list[str]:
-        return [self.text] if isinstance(self.text, str) else list(self.text)
+    hidden: torch.Tensor
+    labels: torch.Tensor
+    prompt: torch.Tensor
+    reasoning: torch.Tensor
 
 
 class DexVLAPolicy(nn.Module):
@@ -119,10 +128,14 @@ class DexVLAPolicy(nn.Module):
             *self.expert.blocks,
         ]
 
-    # ----------------------------------------------------------------------------- encoding
-    def _vlm_inputs(self, batch: dict[str, Any], embodiment: str) -> dict[str, torch.Tensor]:
+    # ----------------------------------------------------------------------- the VLM pass
+    def vision_inputs(self, batch: dict[str, Any], embodiment: str) -> dict[str, torch.Tensor]:
+        """Every camera of `batch`, resized and patchified, as Qwen2-VL's forward takes them.
+
+        pixel_values (B * n_cams * patches, 3 * 2 * 14 * 14), image_grid_thw (B * n_cams, 3).
+        """
         cameras = [
-            self.processor.resize(batch[f"observation.images.{cam}"])
+            self.processor.resize(batch[image_key(cam)])  # (B, 3, h, w)
             for cam in get_embodiment(embodiment).cameras
         ]
         pixel_values, grid_thw = self.images(cameras)
@@ -131,59 +144,64 @@ class DexVLAPolicy(nn.Module):
             "image_grid_thw": grid_thw.to(self.device),
         }
 
-    def _tokens_per_image(self, n_cameras: int) -> list[int]:
-        return [self.config.vlm.tokens_per_image] * n_cameras
+    def encode(
+        self,
+        batch: dict[str, Any],
+        embodiment: str,
+        substeps: list[str],
+        vision: dict[str, torch.Tensor] | None = None,
+    ) -> Encoding:
+        """Cameras, instruction and `substeps` as the answer, through the VLM, then pooled.
 
-    def _hidden(
-        self, input_ids: torch.Tensor, attention: torch.Tensor, vision: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
-        """Final hidden states (B, L, D_vlm) of the backbone (without the LM head)."""
-        input_ids = input_ids.to(self.device)
-        out = self.vlm.model(
+        The one pass training (ground-truth sub-steps) and inference (generated ones) share.
+        `vision` (from `vision_inputs`) lets one chunk prepare its images once for every pass.
+        """
+        if vision is None:
+            vision = self.vision_inputs(batch, embodiment)
+        tokens = self.prompts.encode(self._image_tokens(embodiment), list(batch[TASK]), substeps)
+        input_ids = tokens.input_ids.to(self.device)  # (B, L)
+        hidden = self.vlm.model(
             input_ids=input_ids,
-            attention_mask=attention.to(self.device),
+            attention_mask=tokens.attention_mask.to(self.device),
             mm_token_type_ids=self.prompts.mm_token_type_ids(input_ids),
             use_cache=False,
             **vision,
+        ).last_hidden_state  # (B, L, D_vlm)
+        return Encoding(
+            hidden=hidden,
+            labels=tokens.labels.to(self.device),
+            prompt=masked_mean(hidden, tokens.prompt_mask.to(self.device)),  # (B, D_vlm)
+            reasoning=masked_mean(hidden, tokens.reasoning_mask.to(self.device)),  # (B, D_vlm)
         )
-        return out.last_hidden_state
 
-    def _substeps(self, substeps: list[str]) -> list[str]:
-        return substeps if self.config.use_reasoning else [""] * len(substeps)
+    def _image_tokens(self, embodiment: str) -> list[int]:
+        """The prompt's image-token count for each camera of `embodiment`."""
+        return [self.config.vlm.tokens_per_image] * len(get_embodiment(embodiment).cameras)
 
     # ----------------------------------------------------------------------------- training
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss on a training batch (layout in docs/interfaces.md) and its metrics."""
         embodiment = self.processor.batch_embodiment(batch)
-        actions = batch["action"].to(self.device, torch.float32)  # (B, Hc, A)
-        is_pad = batch["action_is_pad"].to(self.device)  # (B, Hc)
-        state = batch["observation.state"].to(self.device, self.dtype)  # (B, S)
-        n_cams = len(get_embodiment(embodiment).cameras)
-        encoded = self.prompts.encode(
-            self._tokens_per_image(n_cams), list(batch["task"]), self._substeps(batch["substep"])
-        )
-        hidden = self._hidden(
-            encoded.input_ids, encoded.attention_mask, self._vlm_inputs(batch, embodiment)
-        )  # (B, L, D)
+        substeps = list(batch[SUBSTEP])
+        if not self.config.use_reasoning:
+            substeps = [""] * len(substeps)
+        encoding = self.encode(batch, embodiment, substeps)
 
         # Language loss on the answer only: position i predicts token i + 1.
-        labels = encoded.labels[:, 1:].to(self.device)
+        labels = encoding.labels[:, 1:]
         answer = labels != IGNORE_INDEX
-        logits = self.vlm.lm_head(hidden[:, :-1][answer])  # (N_answer, V)
+        logits = self.vlm.lm_head(encoding.hidden[:, :-1][answer])  # (N_answer, V)
         language_loss = F.cross_entropy(logits.float(), labels[answer])
 
-        prompt = masked_mean(hidden, encoded.prompt_mask.to(self.device))
-        reasoning = masked_mean(hidden, encoded.reasoning_mask.to(self.device))
-        cond = self.fusion(prompt, reasoning).to(self.dtype)  # (B, C)
-
+        cond = self.fusion(encoding.prompt, encoding.reasoning).to(self.dtype)  # (B, C)
         # K noise draws per observation: the expert's batch is the batch repeated K times.
         k = self.config.noise_samples
-        cond, state = cond.repeat(k, 1), state.repeat(k, 1)  # (K*B, C), (K*B, S)
+        actions = batch[ACTION].to(self.device, torch.float32).repeat(k, 1, 1)  # (K*B, Hc, A)
+        is_pad = batch[ACTION_IS_PAD].to(self.device).repeat(k, 1)  # (K*B, Hc)
+        state = batch[STATE].to(self.device, self.dtype).repeat(k, 1)  # (K*B, S)
+        denoise = self.expert.denoiser(cond.repeat(k, 1), state, embodiment)
+        action_loss = self.diffusion.loss(denoise, actions, is_pad)
 
-        def denoise(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-            return self.expert(noisy.to(self.dtype), timesteps, cond, state, embodiment)
-
-        action_loss = self.diffusion.loss(denoise, actions.repeat(k, 1, 1), is_pad.repeat(k, 1))
         loss = action_loss + self.config.llm_loss_weight * language_loss
         metrics = {
             "loss": float(loss.detach()),
@@ -194,35 +212,71 @@ class DexVLAPolicy(nn.Module):
 
     # ---------------------------------------------------------------------------- inference
     @torch.no_grad()
-    def _prompt_and_reasoning_states(
-        self,
-        batch: dict[str, Any],
-        embodiment: str,
-        substeps: list[str],
-        vision: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pooled prompt and sub-step states from one teacher-forced pass over prompt + answer.
-
-        `vision` (from `_vlm_inputs`) lets one chunk prepare its images once for every pass.
-        """
-        n_cams = len(get_embodiment(embodiment).cameras)
-        encoded = self.prompts.encode(self._tokens_per_image(n_cams), list(batch["task"]), substeps)
-        if vision is None:
-            vision = self._vlm_inputs(batch, embodiment)
-        hidden = self._hidden(encoded.input_ids, encoded.attention_mask, vision)
-        return (
-            masked_mean(hidden, encoded.prompt_mask.to(self.device)),
-            masked_mean(hidden, encoded.reasoning_mask.to(self.device)),
-        )
+    def generate_reasoning(self, observation: Observations) -> Reasoning:
+        """Let the VLM write the current sub-step for each observation (greedy decoding)."""
+        batch, embodiment = self.processor.prepare(observation)
+        vision = self.vision_inputs(batch, embodiment)
+        reasoning, _ = self._reason(batch, embodiment, vision, isinstance(observation, dict))
+        return reasoning
 
     @torch.no_grad()
-    def _generate_text(
+    def predict_action_chunk(
+        self,
+        observation: Observations,
+        reasoning: Reasoning | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[np.ndarray, Reasoning]:
+        """A chunk of actions in robot units: (Hc, A) for one observation, (B, Hc, A) for a list.
+
+        With `reasoning` given (e.g. cached from an earlier step), the VLM only reads the current
+        images and instruction and no text is generated; otherwise the sub-step is generated.
+        """
+        batch, embodiment = self.processor.prepare(observation)  # (B, 3, H, W), state (B, S)
+        single, size = isinstance(observation, dict), len(batch[TASK])
+        vision = self.vision_inputs(batch, embodiment)
+        if reasoning is None:
+            reasoning, prompt = self._reason(batch, embodiment, vision, single)
+        else:
+            check_cached_reasoning(reasoning, size)
+            prompt = None
+        if prompt is None:
+            # The prompt comes before the answer and attention is causal, so its states do not
+            # depend on the sub-step: pass the prompt with an empty answer (a shorter sequence).
+            prompt = self.encode(batch, embodiment, [""] * size, vision).prompt  # (B, D_vlm)
+        cond = self.fusion(prompt, reasoning.states.to(prompt.dtype)).to(self.dtype)  # (B, C)
+        state = batch[STATE].to(self.device, self.dtype)  # (B, S)
+        normalised = self.diffusion.sample(
+            self.expert.denoiser(cond, state, embodiment),
+            (size, self.config.chunk_size, get_embodiment(embodiment).action_dim),
+            device=self.device,
+            dtype=torch.float32,
+            generator=generator,
+        )  # (B, Hc, A) in [-1, 1]
+        actions = self.processor.unnormalize_actions(normalised.cpu().numpy(), embodiment)
+        return (actions[0] if single else actions), reasoning
+
+    def _reason(
+        self, batch: dict[str, Any], embodiment: str, vision: dict[str, torch.Tensor], single: bool
+    ) -> tuple[Reasoning, torch.Tensor | None]:
+        """The generated sub-step(s) with their pooled states (B, D_vlm), and the prompt states
+        (B, D_vlm) of the same pass. Without reasoning: empty text, zero states, no pass (None).
+        """
+        size = len(batch[TASK])
+        if not self.config.use_reasoning:
+            states = torch.zeros(size, self.fusion.vlm_dim, device=self.device)
+            return Reasoning(text="" if single else [""] * size, states=states), None
+        texts = self._generate(batch, embodiment, vision)
+        encoding = self.encode(batch, embodiment, texts, vision)
+        reasoning = Reasoning(text=texts[0] if single else texts, states=encoding.reasoning)
+        return reasoning, encoding.prompt
+
+    def _generate(
         self, batch: dict[str, Any], embodiment: str, vision: dict[str, torch.Tensor]
     ) -> list[str]:
-        n_cams = len(get_embodiment(embodiment).cameras)
+        """Greedy answers to the prompts; the sub-step is each answer's text before the suffix."""
         input_ids, attention = self.prompts.encode_prompts(
-            self._tokens_per_image(n_cams), list(batch["task"])
-        )
+            self._image_tokens(embodiment), list(batch[TASK])
+        )  # (B, L) each, left-padded
         input_ids = input_ids.to(self.device)
         generated = self.vlm.generate(
             input_ids=input_ids,
@@ -233,76 +287,11 @@ class DexVLAPolicy(nn.Module):
             eos_token_id=self.prompts.im_end,
             pad_token_id=self.prompts.pad_id,
             **vision,
-        )
+        )  # (B, L + new)
         texts = self.tokenizer.batch_decode(
             generated[:, input_ids.shape[1] :], skip_special_tokens=True
         )
         return [self.prompts.parse_answer(text) for text in texts]
-
-    @torch.no_grad()
-    def generate_reasoning(self, observation: Observation | list[Observation]) -> Reasoning:
-        """Let the VLM write the current sub-step for each observation (greedy decoding)."""
-        batch, embodiment = self.processor.prepare(observation)
-        vision = self._vlm_inputs(batch, embodiment)
-        reasoning, _ = self._reason(batch, embodiment, isinstance(observation, dict), vision)
-        return reasoning
-
-    def _reason(
-        self, batch: dict[str, Any], embodiment: str, single: bool, vision: dict[str, torch.Tensor]
-    ) -> tuple[Reasoning, torch.Tensor | None]:
-        """The generated sub-step(s), and the prompt states of the same pass (None if no pass)."""
-        size = len(batch["task"])
-        if not self.config.use_reasoning:
-            states = torch.zeros(size, self.fusion.prompt_proj[0].in_features, device=self.device)
-            return Reasoning(text="" if single else [""] * size, states=states), None
-        texts = self._generate_text(batch, embodiment, vision)
-        prompt, states = self._prompt_and_reasoning_states(batch, embodiment, texts, vision)
-        return Reasoning(text=texts[0] if single else texts, states=states), prompt
-
-    @torch.no_grad()
-    def predict_action_chunk(
-        self,
-        observation: Observation | list[Observation],
-        reasoning: Reasoning | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[np.ndarray, Reasoning]:
-        """A chunk of actions in robot units: (Hc, A) for one observation, (B, Hc, A) for a list.
-
-        With `reasoning` given (e.g. cached from an earlier step), the VLM only reads the current
-        images and instruction and no text is generated; otherwise the sub-step is generated.
-        """
-        batch, embodiment = self.processor.prepare(observation)
-        single = isinstance(observation, dict)
-        vision = self._vlm_inputs(batch, embodiment)
-        prompt = None
-        if reasoning is None:
-            reasoning, prompt = self._reason(batch, embodiment, single, vision)
-        elif len(reasoning.texts) != len(batch["task"]):
-            raise ValueError(
-                f"reasoning holds {len(reasoning.texts)} sub-steps for {len(batch['task'])} "
-                "observations"
-            )
-        if prompt is None:
-            # The prompt comes before the answer and attention is causal, so its states do not
-            # depend on the sub-step: pass the prompt with an empty answer (a shorter sequence).
-            empty = [""] * len(batch["task"])
-            prompt, _ = self._prompt_and_reasoning_states(batch, embodiment, empty, vision)
-        cond = self.fusion(prompt, reasoning.states.to(prompt.dtype)).to(self.dtype)
-        state = batch["observation.state"].to(self.device, self.dtype)
-        action_dim = get_embodiment(embodiment).action_dim
-
-        def denoise(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-            return self.expert(noisy.to(self.dtype), timesteps, cond, state, embodiment)
-
-        normalised = self.diffusion.sample(
-            denoise,
-            (len(batch["task"]), self.config.chunk_size, action_dim),
-            device=self.device,
-            dtype=torch.float32,
-            generator=generator,
-        )
-        actions = self.processor.unnormalize_actions(normalised.cpu().numpy(), embodiment)
-        return (actions[0] if single else actions), reasoning
 
     @torch.no_grad()
     def select_action(self, observation: Observation) -> np.ndarray:
@@ -318,40 +307,42 @@ class DexVLAPolicy(nn.Module):
 
     # --------------------------------------------------------------------------- checkpoints
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors, stats.json and the tokenizer, atomically.
-
-        Everything goes into a temporary sibling directory that replaces `directory` only once
-        complete, so an interrupted save never leaves a half-written checkpoint behind.
-        """
-        directory = Path(directory)
-        with atomic_directory(directory) as staging:
-            config = self.config.to_dict()
-            config["vlm_architecture"] = self.vlm.config.to_dict()
-            atomic_write_json(staging / CONFIG_NAME, config)
-            save_model(self, str(staging / WEIGHTS_NAME))
-            self.processor.save(staging / STATS_NAME)
-            self.tokenizer.save_pretrained(str(staging / TOKENIZER_DIR))
-        return directory
+        """Write the checkpoint (config, weights, stats, tokenizer) atomically."""
+        return write_policy_checkpoint(
+            directory,
+            self.config,
+            self,
+            self.vlm.config,
+            self.processor.require_stats(),
+            self.tokenizer,
+        )
 
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, dtype: torch.dtype | None = None, device: str | None = None
     ) -> DexVLAPolicy:
         """Load a checkpoint written by `save_pretrained`. Loading is strict and never unpickles."""
-        directory = Path(directory)
-        for name in (CONFIG_NAME, WEIGHTS_NAME, STATS_NAME):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"checkpoint {directory} has no {name}")
-        raw = read_checkpoint_config(directory)
-        architecture = raw.pop("vlm_architecture")
-        config = PolicyConfig.from_dict(raw)
-        tokenizer = load_tokenizer(config.vlm, directory / TOKENIZER_DIR)
-        vlm = Qwen2VL(Qwen2VLConfig.from_dict(architecture))
-        processor = DexVLAProcessor.load(
-            directory / STATS_NAME, config.vlm.image_size, config.embodiments
+        checkpoint = read_policy_checkpoint(directory)
+        config = checkpoint.config
+        policy = cls(
+            config,
+            processor=DexVLAProcessor(config.vlm.image_size, config.embodiments, checkpoint.stats),
+            tokenizer=load_tokenizer(config.vlm, checkpoint.tokenizer_dir),
+            vlm=Qwen2VL(checkpoint.vlm_architecture),
         )
-        policy = cls(config, processor=processor, tokenizer=tokenizer, vlm=vlm)
-        load_state_dict_strict(policy, directory / WEIGHTS_NAME)
+        load_state_dict_strict(policy, checkpoint.weights_path)
         if dtype is not None or device is not None:
             policy.to(device=device, dtype=dtype)
         return policy.eval()
+
+
+def check_cached_reasoning(reasoning: Reasoning, size: int) -> None:
+    """Refuse a cached `Reasoning` that does not fit a batch of `size` observations."""
+    if len(reasoning.texts) != size:
+        raise ValueError(
+            f"reasoning holds {len(reasoning.texts)} sub-steps for {size} observations"
+        )
+    if not isinstance(reasoning.states, torch.Tensor):
+        raise ValueError(
+            "reasoning carries no pooled states: pass a Reasoning this policy returned"
+        )

@@ -8,7 +8,6 @@ by training and inference alike, so the VLM always sees the same token count per
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,11 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from dexvla.embodiments import get_embodiment
+from dexvla.schema import (
+    ACTION,
+    EMBODIMENT,
+    IMAGE_PREFIX,
+    STATE,
+    TASK,
+    Observation,
+    Observations,
+    image_key,
+)
 from dexvla.stats import DatasetStats, Normalizer
-
-Observation = dict[str, Any]
-STATE_KEY = "observation.state"
-IMAGE_PREFIX = "observation.images."
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -54,12 +59,18 @@ class DexVLAProcessor:
         self.stats = stats
         self.normalizer = Normalizer(stats)
 
-    def _require_normalizer(self) -> Normalizer:
-        if self.normalizer is None:
+    def require_stats(self) -> DatasetStats:
+        """The statistics; an error when there are none (an untrained, unloaded policy)."""
+        if self.stats is None:
             raise ValueError(
                 "this policy has no normalisation statistics: train it on a dataset or load a "
                 "checkpoint that carries stats.json"
             )
+        return self.stats
+
+    def _require_normalizer(self) -> Normalizer:
+        self.require_stats()
+        assert self.normalizer is not None
         return self.normalizer
 
     def check_embodiment(self, embodiment: str) -> str:
@@ -72,7 +83,7 @@ class DexVLAProcessor:
 
     def batch_embodiment(self, batch: dict[str, Any]) -> str:
         """The one embodiment of a training batch (heads differ per embodiment)."""
-        names = set(batch["embodiment"])
+        names = set(batch[EMBODIMENT])
         if len(names) != 1:
             raise ValueError(f"a batch must hold one embodiment, got {sorted(names)}")
         return self.check_embodiment(names.pop())
@@ -82,11 +93,11 @@ class DexVLAProcessor:
         if not isinstance(observation, dict):
             raise ValueError(f"an observation must be a dict, got {type(observation).__name__}")
         default = self.embodiments[0] if len(self.embodiments) == 1 else None
-        embodiment = self.check_embodiment(observation.get("embodiment", default) or "")
+        embodiment = self.check_embodiment(observation.get(EMBODIMENT, default) or "")
         spec = get_embodiment(embodiment)
-        task = observation.get("task")
+        task = observation.get(TASK)
         if not isinstance(task, str) or not task.strip():
-            raise ValueError("observation 'task' must be a non-empty instruction string")
+            raise ValueError(f"observation {TASK!r} must be a non-empty instruction string")
         cameras = sorted(k[len(IMAGE_PREFIX) :] for k in observation if k.startswith(IMAGE_PREFIX))
         missing = [cam for cam in spec.cameras if cam not in cameras]
         if missing:
@@ -95,15 +106,15 @@ class DexVLAProcessor:
                 f"{list(spec.cameras)}, got {cameras}"
             )
         for cam in spec.cameras:
-            image = np.asarray(observation[IMAGE_PREFIX + cam])
+            image = np.asarray(observation[image_key(cam)])
             if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
                 raise ValueError(
                     f"observation image {cam!r}: expected uint8 (H, W, 3), "
                     f"got {image.dtype} {tuple(image.shape)}"
                 )
-        if STATE_KEY not in observation:
-            raise ValueError(f"observation is missing {STATE_KEY!r} ({spec.state_dim} floats)")
-        state = np.asarray(observation[STATE_KEY])
+        if STATE not in observation:
+            raise ValueError(f"observation is missing {STATE!r} ({spec.state_dim} floats)")
+        state = np.asarray(observation[STATE])
         if state.shape != (spec.state_dim,):
             raise ValueError(
                 f"observation state for {embodiment!r}: expected shape ({spec.state_dim},), "
@@ -113,7 +124,7 @@ class DexVLAProcessor:
             raise ValueError(f"observation state contains NaN or non-numeric values: {state}")
         return embodiment
 
-    def prepare(self, observations: Observation | list[Observation]) -> tuple[dict[str, Any], str]:
+    def prepare(self, observations: Observations) -> tuple[dict[str, Any], str]:
         """Raw observation(s) -> a model batch (images float [0, 1], normalised state)."""
         items = [observations] if isinstance(observations, dict) else list(observations)
         if not items:
@@ -123,32 +134,20 @@ class DexVLAProcessor:
             raise ValueError(f"observations of one call must share an embodiment: {embodiments}")
         embodiment = embodiments.pop()
         batch: dict[str, Any] = {
-            "task": [obs["task"] for obs in items],
-            "embodiment": [embodiment] * len(items),
+            TASK: [obs[TASK] for obs in items],
+            EMBODIMENT: [embodiment] * len(items),
         }
         for cam in get_embodiment(embodiment).cameras:
-            images = np.stack([np.asarray(obs[IMAGE_PREFIX + cam]) for obs in items])
-            batch[IMAGE_PREFIX + cam] = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-        state = np.stack([np.asarray(obs[STATE_KEY], dtype=np.float32) for obs in items])
+            images = np.stack([np.asarray(obs[image_key(cam)]) for obs in items])
+            batch[image_key(cam)] = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        state = np.stack([np.asarray(obs[STATE], dtype=np.float32) for obs in items])
         normalizer = self._require_normalizer()
-        batch[STATE_KEY] = torch.from_numpy(
-            np.asarray(normalizer.normalize(STATE_KEY, state, embodiment), dtype=np.float32)
+        batch[STATE] = torch.from_numpy(
+            np.asarray(normalizer.normalize(STATE, state, embodiment), dtype=np.float32)
         )
         return batch, embodiment
 
     def unnormalize_actions(self, actions: np.ndarray, embodiment: str) -> np.ndarray:
         """Actions in [-1, 1] (..., A) -> robot units, float32."""
         normalizer = self._require_normalizer()
-        return np.asarray(normalizer.unnormalize("action", actions, embodiment), dtype=np.float32)
-
-    def save(self, path: Path) -> None:
-        if self.stats is None:
-            self._require_normalizer()
-        else:
-            self.stats.save(path)
-
-    @classmethod
-    def load(
-        cls, path: Path, image_size: tuple[int, int], embodiments: tuple[str, ...]
-    ) -> DexVLAProcessor:
-        return cls(image_size, embodiments, DatasetStats.load(path))
+        return np.asarray(normalizer.unnormalize(ACTION, actions, embodiment), dtype=np.float32)

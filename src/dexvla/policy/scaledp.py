@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -306,32 +306,3 @@ class ScaleDP(nn.Module):
                 x = block(x, c)  # (B, Hc, D)
         x = self.final_layer(x, c)  # (B, Hc, D)
         return self.action_out[embodiment](x)  # (B, Hc, A_e)
-
-
-def count_parameters(config: ScaleDPConfig) -> int:
-    """Parameters of a ScaleDP built on the `meta` device (no weights are allocated)."""
-    with torch.device("meta"):
-        model = ScaleDP(config)
-    return sum(p.numel() for p in model.parameters())
-
-
-# Sizes for the paper's 93M / 410M / 1B experts (counts with cond_dim 1536, chunk 50 and one
-# 14-D embodiment; see docs/scaledp.md). H is the released code's size; B and L are chosen here
-# because the released L (24 x 1024) is 463M, 13% over the paper's 410M.
-# The tiny-L and tiny-H sizes keep the paper's ratios (93M : 410M : 1B = 1 : 4.4 : 10.2) at CPU
-# scale for the expert-size ablation: 0.74M, 3.3M and 7.5M with the tiny VLM's cond_dim.
-SCALEDP_PRESETS: dict[str, ScaleDPConfig] = {
-    "scaledp-tiny": ScaleDPConfig(depth=2, width=128, heads=4),
-    "scaledp-tiny-l": ScaleDPConfig(depth=5, width=184, heads=8),
-    "scaledp-tiny-h": ScaleDPConfig(depth=6, width=256, heads=8),
-    "scaledp-b": ScaleDPConfig(depth=12, width=640, heads=10),
-    "scaledp-l": ScaleDPConfig(depth=28, width=896, heads=14),
-    "scaledp-h": ScaleDPConfig(depth=32, width=1280, heads=16),
-}
-
-
-def scaledp_preset(name: str, **overrides: Any) -> ScaleDPConfig:
-    """A preset by name, with fields replaced (e.g. `embodiments=...`, `cond_dim=...`)."""
-    if name not in SCALEDP_PRESETS:
-        raise ValueError(f"unknown ScaleDP preset {name!r}; known: {sorted(SCALEDP_PRESETS)}")
-    return replace(SCALEDP_PRESETS[name], **overrides)

@@ -1,12 +1,15 @@
-"""Inference runtime: action chunking, temporal ensembling and the reasoning cadence."""
+"""Inference runtime: action chunking, temporal ensembling and the reasoning cadence.
+
+`Reasoning` is `dexvla.schema.Reasoning`, re-exported for the policies this runtime drives.
+"""
 
 from dexvla.runtime.inference import (
     BatchedInferenceRuntime,
     ChunkPolicy,
     InferenceRuntime,
-    Reasoning,
     RuntimeConfig,
 )
+from dexvla.schema import Reasoning
 
 __all__ = [
     "BatchedInferenceRuntime",

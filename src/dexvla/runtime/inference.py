@@ -28,21 +28,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-Observations = dict[str, Any] | list[dict[str, Any]]
-"""One observation dict (docs/interfaces.md), or a list of them for a batch."""
-
-
-@dataclass
-class Reasoning:
-    """The VLM's output: the sub-step text and whatever the policy caches to reuse it.
-
-    `text` is a str for one observation (a dict) and a list of str, one per observation, for a
-    batch (a list of dicts). `states` is opaque to the runtime (e.g. the hidden states the
-    diffusion expert is conditioned on); the runtime only stores it and hands it back.
-    """
-
-    text: str | list[str]
-    states: Any = None
+from dexvla.schema import Observation, Observations, Reasoning
 
 
 @runtime_checkable
@@ -55,12 +41,12 @@ class ChunkPolicy(Protocol):
     called at the same time from two threads.
     """
 
-    def generate_reasoning(self, obs: dict[str, Any] | list[dict[str, Any]]) -> Reasoning:
+    def generate_reasoning(self, obs: Observations) -> Reasoning:
         """Run the VLM (slow) and return the sub-step text with the cached states."""
         ...
 
     def predict_action_chunk(
-        self, obs: dict[str, Any] | list[dict[str, Any]], reasoning: Reasoning | None = None
+        self, obs: Observations, reasoning: Reasoning | None = None
     ) -> tuple[np.ndarray, Reasoning]:
         """Return an (H, A) chunk, (B, H, A) for a list; reuse `reasoning`, else generate it."""
         ...
@@ -183,7 +169,7 @@ class InferenceRuntime:
         """The cached reasoning (text and opaque states) the fast path currently reuses."""
         return self._reasoning
 
-    def step(self, obs: dict[str, Any]) -> np.ndarray:
+    def step(self, obs: Observation) -> np.ndarray:
         """Return the action (A,) float32 to execute now, predicting a new chunk if due."""
         return self._step(obs)
 
@@ -336,7 +322,7 @@ class BatchedInferenceRuntime(InferenceRuntime):
         self.num_envs = num_envs
         self._batch_shape = (num_envs,)
 
-    def step(self, obs: list[dict[str, Any]]) -> np.ndarray:  # type: ignore[override]
+    def step(self, obs: list[Observation]) -> np.ndarray:  # type: ignore[override]
         """Return the actions (N, A) float32 to execute now, one row per environment."""
         if not isinstance(obs, list) or len(obs) != self.num_envs:
             got = len(obs) if isinstance(obs, list) else type(obs).__name__

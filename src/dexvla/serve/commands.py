@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--embodiment",
         default=None,
-        help="embodiment to serve (default: the checkpoint's, if it has exactly one)",
+        help="embodiment to serve (default: the one the checkpoint's statistics cover, if "
+        "they cover exactly one of its expert heads)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     parser.add_argument("--port", type=int, default=8000, help="port to bind (0 picks a free one)")
@@ -43,13 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_message_mb <= 0:
         raise ValueError(f"--max-message-mb must be positive, got {args.max_message_mb}")
     policy = DexVLAPolicy.from_pretrained(args.checkpoint)
-    served = policy.config.embodiments
-    embodiment = args.embodiment or (served[0] if len(served) == 1 else None)
-    if embodiment not in served:
-        raise ValueError(
-            f"pass --embodiment as one of the checkpoint's embodiments {list(served)}"
-            + ("" if embodiment is None else f", not {embodiment!r}")
-        )
+    embodiment = served_embodiment(
+        args.embodiment, policy.config.embodiments, policy.processor.require_stats().embodiments
+    )
     service = ChunkPolicyService(policy, embodiment, chunk_size=policy.config.chunk_size)
     server = PolicyServer(
         service,
@@ -62,3 +60,35 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve_forever())
     return 0
+
+
+def served_embodiment(requested: str | None, heads: Sequence[str], covered: Sequence[str]) -> str:
+    """The embodiment to serve: `requested`, else the one head the statistics cover.
+
+    A policy can act only for an embodiment it has a head and normalisation statistics for,
+    so a checkpoint with two heads whose statistics cover one serves that one by default.
+    Errors list the choices.
+    """
+    usable = [name for name in heads if name in covered]
+    if requested is None:
+        if len(usable) == 1:
+            return usable[0]
+        if not usable:
+            raise ValueError(
+                f"the checkpoint's statistics cover {list(covered)}, none of its expert heads "
+                f"{list(heads)}: it cannot serve any embodiment"
+            )
+        raise ValueError(
+            f"the checkpoint serves several embodiments {usable}: pass --embodiment as one of them"
+        )
+    if requested not in heads:
+        raise ValueError(
+            f"pass --embodiment as one of the checkpoint's embodiments {usable}, "
+            f"not {requested!r} (its expert heads are {list(heads)})"
+        )
+    if requested not in covered:
+        raise ValueError(
+            f"the checkpoint has no statistics for {requested!r} (they cover {list(covered)}): "
+            f"pass --embodiment as one of {usable}"
+        )
+    return requested

@@ -19,6 +19,7 @@ import numpy as np
 
 from dexvla.embodiments import Embodiment, get_embodiment
 from dexvla.runtime.inference import ChunkPolicy
+from dexvla.schema import EMBODIMENT, STATE, TASK, Observation, image_key
 
 PROTOCOL_NAME = "openpi-msgpack-numpy"
 PROTOCOL_VERSION = 1
@@ -31,7 +32,7 @@ class PolicyService(Protocol):
         """Sent to every client on connect; ``metadata()["observation"]`` is the spec."""
         ...
 
-    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+    def infer(self, obs: Observation) -> dict[str, Any]:
         """Return at least ``{"actions": (H, D) float32}`` for one checked observation."""
         ...
 
@@ -98,16 +99,15 @@ def validate_observation(obs: Any, spec: dict[str, dict[str, Any]]) -> dict[str,
 def observation_spec(embodiment: Embodiment) -> dict[str, dict[str, Any]]:
     """The observation spec of one embodiment, as in docs/interfaces.md."""
     spec: dict[str, dict[str, Any]] = {
-        f"observation.images.{cam}": {"dtype": "uint8", "shape": [None, None, 3]}
-        for cam in embodiment.cameras
+        image_key(cam): {"dtype": "uint8", "shape": [None, None, 3]} for cam in embodiment.cameras
     }
-    spec["observation.state"] = {
+    spec[STATE] = {
         "dtype": "float32",
         "shape": [embodiment.state_dim],
         "cast_from": ["float64", "float16"],
     }
-    spec["task"] = {"dtype": "str"}
-    spec["embodiment"] = {"dtype": "str", "required": False, "choices": [embodiment.name]}
+    spec[TASK] = {"dtype": "str"}
+    spec[EMBODIMENT] = {"dtype": "str", "required": False, "choices": [embodiment.name]}
     return spec
 
 
@@ -148,8 +148,8 @@ class ChunkPolicyService:
             **self._extra,
         }
 
-    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
-        obs = {**obs, "embodiment": self.embodiment.name}
+    def infer(self, obs: Observation) -> dict[str, Any]:
+        obs = {**obs, EMBODIMENT: self.embodiment.name}
         start = time.perf_counter()
         reasoning = self.policy.generate_reasoning(obs)
         mid = time.perf_counter()

@@ -13,7 +13,9 @@ from train_toy import ToyDataset, make_policy
 
 from dexvla.train import (
     ConfigMismatchError,
+    DistInfo,
     ResumableBatchSampler,
+    ShardedBatches,
     TrainConfig,
     Trainer,
     latest_checkpoint,
@@ -22,8 +24,9 @@ from dexvla.train import (
     read_metrics,
 )
 from dexvla.train import checkpoint as checkpoint_module
-from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE, load_tensors, save_tensors
-from dexvla.train.engine import EMA
+from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE
+from dexvla.train.optim import EMA
+from dexvla.train.tensors import load_tensors, save_tensors
 
 
 def fast_config(**overrides) -> TrainConfig:
@@ -65,6 +68,40 @@ def test_sampler_shards_one_global_stream_and_resumes() -> None:
         assert per_step == global_batches[step]
     resumed = iter(ResumableBatchSampler(n, batch, seed=3, start_step=3))
     assert [next(resumed), next(resumed)] == global_batches[3:5]
+
+
+def test_sharded_batches_cut_whole_batches_like_the_stream_sampler() -> None:
+    global_batches = [list(range(10 * b, 10 * b + 8)) for b in range(4)]  # 4 steps of 8
+    shards = [
+        list(ShardedBatches(global_batches, 8, grad_accum=2, rank=r, world_size=2, start_step=0))
+        for r in range(2)
+    ]
+    for step in range(4):
+        # Micro-step a of rank r is the (a * world_size + r)-th quarter of the step's batch.
+        per_step = [i for a in range(2) for s in shards for i in s[2 * step + a]]
+        assert per_step == global_batches[step]
+    resumed = ShardedBatches(global_batches, 8, grad_accum=2, rank=1, world_size=2, start_step=3)
+    assert list(resumed) == [global_batches[3][2:4], global_batches[3][6:8]]
+    assert len(resumed) == 2
+    with pytest.raises(ValueError, match="must divide"):
+        ShardedBatches(global_batches, 8, grad_accum=3, rank=0, world_size=1, start_step=0)
+
+
+def test_a_batch_sampler_factory_chooses_each_step_samples(tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+
+    def evens(dataset, config: TrainConfig, info: DistInfo, start_step: int):
+        calls.append((info.world_size, start_step))
+        even = [i for i in range(len(dataset)) if i % 2 == 0][: config.batch_size]
+        return iter(lambda: even, None)  # the same batch of even indices, forever
+
+    config = fast_config(steps=4, save_every=2)
+    first = Trainer(make_policy(), ToyDataset(), config, tmp_path, batch_sampler=evens)
+    first.train()
+    assert first.model.seen_ids and all(i % 2 == 0 for i in first.model.seen_ids)
+    longer = fast_config(steps=6, save_every=2)
+    Trainer(make_policy(), ToyDataset(), longer, tmp_path, resume=True, batch_sampler=evens).train()
+    assert calls == [(1, 0), (1, 4)]  # the resumed run's sampler starts at the restored step
 
 
 def test_loss_falls_and_outputs_are_written(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import torch
 from train_toy import ToyDataset, make_policy
 
 from dexvla.train import TrainConfig, Trainer, latest_checkpoint, read_metrics
-from dexvla.train.checkpoint import load_tensors
+from dexvla.train.tensors import load_tensors
 
 HERE = Path(__file__).parent
 

@@ -18,17 +18,11 @@ from dexvla.policy.processor import DexVLAProcessor
 from dexvla.policy.scaledp import ScaleDP
 from dexvla.schema import Episode
 from dexvla.stats import DatasetStats
+from dexvla.train.freezing import apply_freezing, merge_lora, trainable_parameters
 from dexvla.train.metrics import read_metrics
+from dexvla.train.recipes import QWEN2_LM_LINEARS
 from dexvla.train.stage1 import STAGE1_KIND, load_stage1_expert, map_stage1_state, read_stage1
-from dexvla.train.stages import (
-    QWEN2_LM_LINEARS,
-    STAGE_PRESETS,
-    StageConfig,
-    apply_freezing,
-    get_stage_preset,
-    merge_lora,
-    trainable_parameters,
-)
+from dexvla.train.stages import STAGE_PRESETS, StageConfig, get_stage_preset
 
 # 28 px cameras: one Qwen2-VL token each, so the tiny VLM costs little on the CPU.
 # Short runs: a large learning rate and a short warm-up (the tiny presets warm up for 100 steps).
@@ -131,11 +125,32 @@ def test_presets_are_valid_and_round_trip():
         ({"image_size": (30, 30)}, "multiples of 28"),
         ({"data_weights": (1.0, -1.0)}, "data_weights"),
         ({"steps": 0}, "steps must be >= 1"),
+        ({"stage": 4}, "stage must be one of"),
     ],
 )
 def test_bad_stage_config_is_refused(change, message):
     with pytest.raises(ValueError, match=message):
         get_stage_preset("tiny-stage2").replace(**change)
+
+
+def test_flags_override_the_preset_fields_they_are_declared_on(capsys):
+    base = ["train", "--stage", "2", "--preset", "tiny-stage2", "--data", "x", "--out", "y",
+            "--print-config"]  # fmt: skip
+    assert main(base) == 0
+    assert json.loads(capsys.readouterr().out) == get_stage_preset("tiny-stage2").to_dict()
+    assert main([*base, "--policy", "tiny-l", "--workers", "2", "--grad-accum", "2",
+                 "--precision", "bf16", "--ema", "0.9", "--gradient-checkpointing",
+                 "--no-freeze-vision", "--embodiments", "aloha, sawyer", "--image-size", "56x28",
+                 "--data-weights", "1,0.5", "--llm", "lora", "--lora-rank", "4",
+                 "--no-reasoning", "--noise-samples", "2"]) == 0  # fmt: skip
+    printed = json.loads(capsys.readouterr().out)
+    expected = get_stage_preset("tiny-stage2").to_dict()
+    expected["train"] |= {"num_workers": 2, "grad_accum": 2, "precision": "bf16", "ema": 0.9,
+                          "gradient_checkpointing": True}  # fmt: skip
+    expected |= {"policy": "tiny-l", "freeze_vision": False, "embodiments": ["aloha", "sawyer"],
+                 "image_size": [56, 28], "data_weights": [1.0, 0.5], "llm": "lora",
+                 "lora_rank": 4, "use_reasoning": False, "noise_samples": 2}  # fmt: skip
+    assert printed == expected
 
 
 def test_unknown_preset_lists_known_ones():

@@ -30,8 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -40,9 +38,15 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from dexvla.io import atomic_directory, atomic_write_json
+from dexvla.io import atomic_directory, atomic_write_json, read_json
 from dexvla.train.config import ConfigMismatchError, TrainConfig
 from dexvla.train.distributed import DistInfo, all_gather_objects, barrier, unwrap_model
+from dexvla.train.tensors import (
+    flatten_optimizer_state,
+    load_tensors,
+    save_tensors,
+    unflatten_optimizer_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,6 @@ STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-_TENSOR_REF = "__tensor__"
 
 
 def checkpoint_dir(root: str | Path, step: int) -> Path:
@@ -64,92 +67,11 @@ def checkpoint_dir(root: str | Path, step: int) -> Path:
     return Path(root) / f"step-{step:06d}"
 
 
-# ---------------------------------------------------------------- files
-
-
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_json(path, obj, sort_keys=True)
 
 
-def save_tensors(
-    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
-) -> None:
-    """Write tensors to safetensors, storing tensors that are the same view only once.
-
-    Tied weights (e.g. input embeddings and LM head) appear under several names in a state
-    dict; one copy is stored and the other names are recorded in the `aliases` metadata.
-    Partially overlapping views are copied apart.
-    """
-    unique: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    views: dict[tuple[Any, ...], str] = {}
-    storages: set[int] = set()
-    for name, tensor in tensors.items():
-        t = tensor.detach()
-        if t.numel() == 0:
-            unique[name] = t.contiguous()
-            continue
-        ptr = t.untyped_storage().data_ptr()
-        view = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
-        if view in views:
-            aliases[name] = views[view]
-            continue
-        views[view] = name
-        unique[name] = t.contiguous().clone() if ptr in storages else t.contiguous()
-        storages.add(ptr)
-    meta = {"format": "pt", **(metadata or {})}
-    if aliases:
-        meta["aliases"] = json.dumps(aliases, sort_keys=True)
-    save_file(unique, str(path), metadata=meta)
-
-
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a `save_tensors` file, restoring aliased names."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    tensors = load_file(str(path))
-    for alias, target in json.loads(meta.get("aliases", "{}")).items():
-        tensors[alias] = tensors[target]
-    return tensors
-
-
-# ---------------------------------------------------------------- state conversion
-
-
-def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an FQN-keyed optimiser state dict into tensors and a JSON skeleton."""
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton: dict[str, Any] = {}
-    for fqn, entry in state.get("state", {}).items():
-        out: dict[str, Any] = {}
-        for key, value in entry.items():
-            if torch.is_tensor(value):
-                ref = f"{fqn}::{key}"
-                tensors[ref] = value.detach().cpu().contiguous()
-                out[key] = {_TENSOR_REF: ref}
-            else:
-                out[key] = value
-        skeleton[fqn] = out
-    groups = [
-        {k: list(v) if isinstance(v, tuple) else v for k, v in g.items()}
-        for g in state.get("param_groups", [])
-    ]
-    return tensors, {"state": skeleton, "param_groups": groups}
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], data: dict[str, Any]) -> dict[str, Any]:
-    state = {
-        fqn: {
-            k: tensors[v[_TENSOR_REF]] if isinstance(v, dict) and _TENSOR_REF in v else v
-            for k, v in entry.items()
-        }
-        for fqn, entry in data["state"].items()
-    }
-    groups = [
-        {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
-        for g in data["param_groups"]
-    ]
-    return {"state": state, "param_groups": groups}
+# ---------------------------------------------------------------- random generators
 
 
 def capture_rng_state(device: torch.device) -> dict[str, Any]:
@@ -213,7 +135,7 @@ def save_checkpoint(
             save_tensors(model_sd, tmp / MODEL_FILE)
             if ema_state is not None:
                 save_tensors(ema_state, tmp / EMA_FILE)
-            optim_tensors, optim_json = _flatten_optimizer(optim_sd)
+            optim_tensors, optim_json = flatten_optimizer_state(optim_sd)
             save_tensors(optim_tensors, tmp / OPTIM_TENSORS_FILE)
             _write_json(tmp / OPTIM_JSON_FILE, optim_json)
             rng_tensors = {
@@ -305,9 +227,9 @@ def latest_checkpoint(root: str | Path) -> Path | None:
 # ---------------------------------------------------------------- load
 
 
-def read_checkpoint_config(path: str | Path) -> TrainConfig:
-    """The `TrainConfig` a checkpoint was written with."""
-    return TrainConfig.from_json(Path(path) / CONFIG_FILE)
+def read_train_config(path: str | Path) -> TrainConfig:
+    """The `TrainConfig` a training checkpoint was written with."""
+    return TrainConfig.from_dict(read_json(Path(path) / CONFIG_FILE, "training checkpoint"))
 
 
 def check_resume_config(path: str | Path, config: TrainConfig) -> None:
@@ -316,7 +238,7 @@ def check_resume_config(path: str | Path, config: TrainConfig) -> None:
     problem = checkpoint_problem(path)
     if problem is not None:
         raise ValueError(f"{path} is not a complete checkpoint: {problem}")
-    problems = config.resume_mismatches(read_checkpoint_config(path))
+    problems = config.resume_mismatches(read_train_config(path))
     if problems:
         raise ConfigMismatchError(
             f"cannot resume from {path}: the training config differs in "
@@ -363,8 +285,8 @@ def load_checkpoint(
     if problem is not None:
         raise ValueError(f"{path} is not a complete checkpoint: {problem}")
     model_sd = load_tensors(path / MODEL_FILE)
-    optim_sd = _unflatten_optimizer(
-        load_tensors(path / OPTIM_TENSORS_FILE), json.loads((path / OPTIM_JSON_FILE).read_text())
+    optim_sd = unflatten_optimizer_state(
+        load_tensors(path / OPTIM_TENSORS_FILE), read_json(path / OPTIM_JSON_FILE, "checkpoint")
     )
     saved = {fqn for group in optim_sd["param_groups"] for fqn in group["params"]}
     trainable = {n for n, p in unwrap_model(model).named_parameters() if p.requires_grad}
@@ -386,7 +308,7 @@ def load_checkpoint(
     params = dict(unwrap_model(model).named_parameters())
     for name in trainable - set(optim_sd["state"]):
         optimizer.state.pop(params[name], None)
-    state = json.loads((path / STATE_FILE).read_text())
+    state = read_json(path / STATE_FILE, "checkpoint")
     scheduler.load_state_dict(state.pop("scheduler"))
     rng = state.pop("rng")
     if state["world_size"] == info.world_size:

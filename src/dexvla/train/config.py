@@ -2,19 +2,30 @@
 
 The engine knows nothing about the model; what a stage trains (which parameters are frozen,
 which data it reads) is the stage code's business. This config only says *how* to optimise.
+
+A field whose metadata is `flag(...)` is also a `dexvla train` flag: the field says its flag
+name and `argparse` options once, and the command builds its parser from the fields
+(`option_flags`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from dexvla.io import atomic_write_text
 
 Schedule = Literal["constant", "cosine"]
 Precision = Literal["no", "bf16"]
 Strategy = Literal["ddp", "fsdp"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 # Fields that may differ between a checkpoint and the run resuming it: they change neither the
 # optimisation trajectory nor the data order. `steps` joins them for the constant schedule only
@@ -22,6 +33,71 @@ Strategy = Literal["ddp", "fsdp"]
 RESUMABLE_FIELDS = frozenset(
     {"save_every", "keep_last", "log_every", "num_workers", "device", "strategy", "tensorboard"}
 )
+FLAG = "flag"  # the field-metadata key of an option's command-line flag
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A config field's command-line flag: its name (None: `--field-name`) and the keyword
+    arguments of `argparse.ArgumentParser.add_argument` (type, choices, action, help)."""
+
+    name: str | None
+    kwargs: Mapping[str, Any]
+
+    def flag_name(self, field_name: str) -> str:
+        return self.name or "--" + field_name.replace("_", "-")
+
+
+def flag(name: str | None = None, **kwargs: Any) -> dict[str, Flag]:
+    """Field metadata making a config field the `dexvla train` flag `name`:
+    `field(default=..., metadata=flag(type=int))`."""
+    return {FLAG: Flag(name, kwargs)}
+
+
+def switch(help: str | None = None) -> dict[str, Flag]:
+    """Field metadata for a boolean set by `--name` / `--no-name`."""
+    return flag(action=argparse.BooleanOptionalAction, help=help)
+
+
+def option_flags(config_cls: type) -> Iterator[tuple[str, Flag]]:
+    """(field name, flag) of every option of a config dataclass, in field order; a field that
+    holds a nested config (its default factory is a dataclass) contributes that one's options."""
+    for f in dataclasses.fields(config_cls):
+        if FLAG in f.metadata:
+            yield f.name, f.metadata[FLAG]
+        elif isinstance(f.default_factory, type) and dataclasses.is_dataclass(f.default_factory):
+            yield from option_flags(f.default_factory)
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    """`1,0.5` -> (1.0, 0.5): a flag's comma-separated numbers."""
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def parse_names(text: str) -> tuple[str, ...]:
+    """`aloha, sawyer` -> ("aloha", "sawyer"): a flag's comma-separated names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`84x84` -> (84, 84): a flag's image size, height x width."""
+    try:
+        height, width = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 84x84), got {text!r}") from None
+    return height, width
+
+
+def check_known_fields(config_cls: type, data: dict[str, Any]) -> None:
+    """Refuse keys that are no field of `config_cls` (a typo is an error, not ignored)."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(config_cls)})
+    if unknown:
+        raise ValueError(f"unknown {config_cls.__name__} fields: {unknown}")
 
 
 class ConfigMismatchError(ValueError):
@@ -42,26 +118,30 @@ class TrainConfig:
     when launched with more than one process. `keep_last=0` keeps every checkpoint.
     """
 
-    steps: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-4
+    steps: int = field(default=1000, metadata=flag(type=int))
+    batch_size: int = field(default=8, metadata=flag(type=int))
+    lr: float = field(default=1e-4, metadata=flag(type=float))
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-8
-    warmup_steps: int = 0
-    schedule: Schedule = "constant"
+    warmup_steps: int = field(default=0, metadata=flag(type=int))
+    schedule: Schedule = field(default="constant", metadata=flag(choices=SCHEDULES))
     grad_clip: float | None = 1.0
-    ema: float | None = None
-    grad_accum: int = 1
-    seed: int = 0
-    save_every: int = 1000
-    keep_last: int = 3
-    log_every: int = 10
-    num_workers: int = 0
-    precision: Precision = "no"
-    gradient_checkpointing: bool = False
-    device: str = "auto"
-    strategy: Strategy = "ddp"
+    ema: float | None = field(
+        default=None, metadata=flag(type=float, help="EMA decay (final/ then holds EMA weights)")
+    )
+    grad_accum: int = field(default=1, metadata=flag(type=int))
+    seed: int = field(default=0, metadata=flag(type=int))
+    save_every: int = field(default=1000, metadata=flag(type=int))
+    keep_last: int = field(default=3, metadata=flag(type=int))
+    log_every: int = field(default=10, metadata=flag(type=int))
+    num_workers: int = field(default=0, metadata=flag(name="--workers", type=int))
+    precision: Precision = field(default="no", metadata=flag(choices=PRECISIONS))
+    gradient_checkpointing: bool = field(
+        default=False, metadata=switch("recompute activations in the backward pass")
+    )
+    device: str = field(default="auto", metadata=flag(help="auto, cpu, cuda, cuda:1, ..."))
+    strategy: Strategy = field(default="ddp", metadata=flag(choices=STRATEGIES))
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
@@ -79,11 +159,11 @@ class TrainConfig:
             errors.append(f"weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             errors.append(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if self.schedule not in ("constant", "cosine"):
+        if self.schedule not in SCHEDULES:
             errors.append(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
-        if self.precision not in ("no", "bf16"):
+        if self.precision not in PRECISIONS:
             errors.append(f"precision must be 'no' or 'bf16', got {self.precision!r}")
-        if self.strategy not in ("ddp", "fsdp"):
+        if self.strategy not in STRATEGIES:
             errors.append(f"strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             errors.append(f"grad_clip must be > 0 or None, got {self.grad_clip}")
@@ -105,17 +185,14 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from `to_dict` output; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {unknown}")
+        check_known_fields(cls, data)
         return cls(**data)
 
     def to_json(self, path: str | Path | None = None) -> str:
         """The config as JSON; also written to `path` when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            Path(path).write_text(text + "\n")
+            atomic_write_text(Path(path), text + "\n")
         return text
 
     @classmethod

@@ -156,6 +156,22 @@ def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:
         model.set_requires_gradient_sync(True)
 
 
+def rank_slices(global_batch: int, grad_accum: int, rank: int, world_size: int) -> list[slice]:
+    """The parts of one optimiser step's global batch that `rank` takes, one per micro-step.
+
+    The batch is cut into `grad_accum` micro-steps and each of those into `world_size`
+    contiguous shards: micro-step `a` of rank `r` is shard `a * world_size + r`.
+    """
+    if global_batch % (grad_accum * world_size):
+        raise ValueError(
+            f"global batch {global_batch} must divide by grad_accum {grad_accum} x "
+            f"world size {world_size}"
+        )
+    size = global_batch // (grad_accum * world_size)
+    starts = [(a * world_size + rank) * size for a in range(grad_accum)]
+    return [slice(start, start + size) for start in starts]
+
+
 class ResumableBatchSampler(Sampler[list[int]]):
     """An endless stream of micro-batches for one process, resumable at any optimiser step.
 
@@ -179,19 +195,11 @@ class ResumableBatchSampler(Sampler[list[int]]):
     ) -> None:
         if dataset_size < 1:
             raise ValueError("the dataset is empty")
-        if global_batch % (grad_accum * world_size):
-            raise ValueError(
-                f"global batch {global_batch} must divide by grad_accum {grad_accum} x "
-                f"world size {world_size}"
-            )
+        self.slices = rank_slices(global_batch, grad_accum, rank, world_size)
         self.dataset_size = dataset_size
         self.global_batch = global_batch
-        self.grad_accum = grad_accum
-        self.rank = rank
-        self.world_size = world_size
         self.seed = seed
         self.start_step = start_step
-        self.micro_batch = global_batch // (grad_accum * world_size)
         self._cached: tuple[int, np.ndarray] | None = None
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -214,15 +222,44 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     def micro_batches(self, step: int) -> Sequence[list[int]]:
         """This rank's `grad_accum` micro-batches of optimiser step `step`."""
-        chunk = self.micro_batch * self.world_size
         base = step * self.global_batch
-        return [
-            self.indices(base + a * chunk + self.rank * self.micro_batch, self.micro_batch)
-            for a in range(self.grad_accum)
-        ]
+        return [self.indices(base + s.start, s.stop - s.start) for s in self.slices]
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start_step
         while True:
             yield from self.micro_batches(step)
             step += 1
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Another sampler's global batches, cut into this rank's micro-batches.
+
+    For samplers that choose whole batches themselves (e.g. one dataset of a mixture per
+    batch): optimiser step `s` is the sampler's batch `s` of `global_batch` indices, cut by
+    `rank_slices` like `ResumableBatchSampler` cuts its stream; iteration starts at batch
+    `start_step`.
+    """
+
+    def __init__(
+        self,
+        batches: Sampler[list[int]],
+        global_batch: int,
+        grad_accum: int,
+        rank: int,
+        world_size: int,
+        start_step: int,
+    ) -> None:
+        self.slices = rank_slices(global_batch, grad_accum, rank, world_size)
+        self.batches = batches
+        self.start_step = start_step
+
+    def __len__(self) -> int:
+        return (len(self.batches) - self.start_step) * len(self.slices)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step, batch in enumerate(self.batches):
+            if step < self.start_step:
+                continue
+            for part in self.slices:
+                yield batch[part]

@@ -19,13 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.distributed.tensor import DTensor
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
-from transformers.optimization import (
-    get_constant_schedule_with_warmup,
-    get_cosine_schedule_with_warmup,
-)
 
 from dexvla.io import remove_stale_temps
 from dexvla.train.checkpoint import (
@@ -36,6 +32,7 @@ from dexvla.train.checkpoint import (
 )
 from dexvla.train.config import TrainConfig
 from dexvla.train.distributed import (
+    DistInfo,
     ResumableBatchSampler,
     barrier,
     gradient_sync,
@@ -44,10 +41,15 @@ from dexvla.train.distributed import (
     wrap_model,
 )
 from dexvla.train.metrics import LOSS_CURVE_FILE, MetricsLogger, plot_loss_curve
+from dexvla.train.optim import EMA, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+
+# Builds this process's sampler of micro-batches (lists of dataset indices) from the dataset,
+# the config, the process's rank info and the optimiser step to start at.
+BatchSamplerFactory = Callable[[Dataset, TrainConfig, DistInfo, int], Sampler[list[int]]]
 
 
 def seed_everything(seed: int) -> None:
@@ -68,95 +70,19 @@ def move_to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups over the trainable parameters: no weight decay on biases and norm weights
-    (every parameter with fewer than two dimensions)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameters (requires_grad=True)")
-    groups = [{"params": decay, "weight_decay": weight_decay}] if decay else []
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over `model`'s trainable parameters."""
-    return torch.optim.AdamW(
-        param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
+def shuffled_batches(
+    dataset: Dataset, config: TrainConfig, info: DistInfo, start_step: int
+) -> ResumableBatchSampler:
+    """The default batches: seeded permutations of the whole dataset, resumable at any step."""
+    return ResumableBatchSampler(
+        len(dataset),  # type: ignore[arg-type]
+        config.batch_size,
+        config.grad_accum,
+        info.rank,
+        info.world_size,
+        config.seed,
+        start_step=start_step,
     )
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then constant or cosine decay to zero at `config.steps`."""
-    if config.schedule == "cosine":
-        return get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    return get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
-
-
-class EMA:
-    """Exponential moving average of a module's trainable parameters, kept in fp32.
-
-    The decay after optimiser step n is min(decay, (1 + n) / (10 + n)), as `diffusers`'
-    `EMAModel`: the average does not hold on to the random initial weights in short runs
-    (with a fixed 0.995, 30 steps leave 86% of the average at initialisation).
-
-    Only trainable parameters are tracked (frozen ones never change), which matters when most
-    of a 2B-parameter model is frozen; `torch.optim.swa_utils.AveragedModel` would copy all of
-    it. Works on FSDP-sharded (DTensor) parameters shard by shard.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow: dict[str, torch.Tensor] = {
-            name: p.detach().float().clone()
-            for name, p in model.named_parameters()
-            if p.requires_grad
-        }
-
-    def decay_at(self, step: int) -> float:
-        """The decay applied after optimiser step `step` (1-based)."""
-        return min(self.decay, (1.0 + step) / (10.0 + step))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        """shadow <- decay * shadow + (1 - decay) * param, after optimiser step `step`."""
-        weight = 1.0 - self.decay_at(step)
-        params = dict(model.named_parameters())
-        for name, shadow in self.shadow.items():
-            shadow.lerp_(params[name].detach().float(), weight)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Full (unsharded) CPU tensors; a collective under FSDP."""
-        return {
-            name: (t.full_tensor() if isinstance(t, DTensor) else t).cpu()
-            for name, t in self.shadow.items()
-        }
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load full tensors, re-sharding them like the live shadow when it is a DTensor."""
-        if set(state) != set(self.shadow):
-            missing, extra = set(self.shadow) - set(state), set(state) - set(self.shadow)
-            raise KeyError(f"EMA state mismatch: missing {sorted(missing)}, extra {sorted(extra)}")
-        for name, shadow in self.shadow.items():
-            value = state[name].float()
-            if isinstance(shadow, DTensor):
-                value = distribute_tensor(
-                    value.to(shadow.device), shadow.device_mesh, shadow.placements
-                )
-            shadow.copy_(value)
-
-    @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Overwrite `model`'s trainable parameters with the averages (for evaluation/export)."""
-        params = dict(model.named_parameters())
-        for name, shadow in self.shadow.items():
-            params[name].copy_(shadow.to(params[name].dtype))
 
 
 @dataclass
@@ -179,8 +105,10 @@ class Trainer:
     `resume`: False starts fresh (and refuses an `out_dir` that already holds checkpoints);
     True continues from the newest complete checkpoint in `out_dir` (fresh when none); a path
     continues from that checkpoint. `on_save(dir)` may add files to every checkpoint before
-    it is sealed. Launched by `torchrun` with several processes, the trainer joins the process
-    group itself and wraps the model for DDP or FSDP (`config.strategy`).
+    it is sealed. `batch_sampler` chooses each step's samples (default `shuffled_batches`); it
+    must cut every global batch the same way for any number of processes. Launched by
+    `torchrun` with several processes, the trainer joins the process group itself and wraps
+    the model for DDP or FSDP (`config.strategy`).
     """
 
     def __init__(
@@ -193,6 +121,7 @@ class Trainer:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         resume: bool | str | Path = False,
         on_save: Callable[[Path], None] | None = None,
+        batch_sampler: BatchSamplerFactory = shuffled_batches,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir)
@@ -201,6 +130,7 @@ class Trainer:
         self.collate_fn = collate_fn
         self.resume = resume
         self.on_save = on_save
+        self.batch_sampler = batch_sampler
         self.info, self.device, self._owns_group = init_distributed(config.device)
         if config.batch_size % (config.grad_accum * self.info.world_size):
             raise ValueError(
@@ -269,15 +199,7 @@ class Trainer:
         log.info("resumed from %s at step %d", path, self.step)
 
     def _loader(self) -> Iterator[Any]:
-        sampler = ResumableBatchSampler(
-            len(self.dataset),  # type: ignore[arg-type]
-            self.config.batch_size,
-            self.config.grad_accum,
-            self.info.rank,
-            self.info.world_size,
-            self.config.seed,
-            start_step=self.step,
-        )
+        sampler = self.batch_sampler(self.dataset, self.config, self.info, self.step)
         worker_seed = np.random.SeedSequence([self.config.seed, self.info.rank, self.step])
         generator = torch.Generator().manual_seed(int(worker_seed.generate_state(1)[0]))
         loader = DataLoader(

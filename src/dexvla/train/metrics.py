@@ -1,7 +1,9 @@
 """Training metrics: a JSONL file, TensorBoard scalars and a loss-curve PNG.
 
 Only rank 0 creates a `MetricsLogger` with `enabled=True`; the others get a silent one, so the
-loop can log unconditionally.
+loop can log unconditionally. `metrics.jsonl` is an append-only log (each record flushed and
+fsynced as it is written); rewriting it on resume and drawing the PNG go through `dexvla.io`'s
+atomic writes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from dexvla.io import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +49,14 @@ class MetricsLogger:
                 continue
             if record.get("step", 0) <= step:
                 kept.append(line)
-        self.path.write_text("".join(f"{line}\n" for line in kept))
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Record `metrics` at `step`."""
         if not self.enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
+        with open(self.path, "a") as f:  # append-only log: one durable record per call
             f.write(json.dumps({"step": step, **metrics}) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -96,5 +100,5 @@ def plot_loss_curve(metrics_path: str | Path, png_path: str | Path) -> Path | No
     ax.grid(alpha=0.3)
     fig.tight_layout()
     png_path = Path(png_path)
-    fig.savefig(png_path, dpi=100)
+    atomic_write(png_path, lambda temp: fig.savefig(temp, format="png", dpi=100))
     return png_path

@@ -16,7 +16,6 @@ keeps `expert.*` and drops `stage1_proj.*` (see `load_stage1_expert`).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,13 +26,20 @@ from torch import nn
 
 from dexvla.embodiments import get_embodiment
 from dexvla.io import atomic_directory, atomic_write_json
-from dexvla.policy.checkpoint import CONFIG_NAME, STATS_NAME, WEIGHTS_NAME, check_state_dict
+from dexvla.policy.checkpoint import (
+    CONFIG_NAME,
+    STATS_NAME,
+    WEIGHTS_NAME,
+    check_state_dict,
+    read_checkpoint_config,
+)
 from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
 from dexvla.policy.modeling import DexVLAPolicy
-from dexvla.policy.processor import IMAGE_PREFIX, resize_images
+from dexvla.policy.processor import resize_images
 from dexvla.policy.scaledp import ScaleDP
 from dexvla.policy.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean
+from dexvla.schema import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, TASK, image_key
 from dexvla.stats import DatasetStats
 
 log = logging.getLogger(__name__)
@@ -90,15 +96,15 @@ class Stage1Encoder(nn.Module):
         """(B, vision_dim + text_dim): camera-averaged image features ++ instruction features."""
         cameras = get_embodiment(embodiment).cameras
         device = self.embed_tokens.weight.device
-        resized = [resize_images(batch[IMAGE_PREFIX + cam], self.image_size) for cam in cameras]
+        resized = [resize_images(batch[image_key(cam)], self.image_size) for cam in cameras]
         pixel_values, grid = self.images(resized)
         merged = self.visual(
             pixel_values.to(device, self.embed_tokens.weight.dtype), grid_thw=grid.to(device)
         ).pooler_output  # (B * n_cams * tokens, vision_dim), sample-major
-        size = len(batch["task"])
+        size = len(batch[TASK])
         per_camera = merged.view(size, len(cameras), -1, merged.shape[-1]).mean(2)
         vision = per_camera.mean(1).float()  # (B, vision_dim)
-        return torch.cat([vision, self._text(list(batch["task"]), device)], dim=-1)
+        return torch.cat([vision, self._text(list(batch[TASK]), device)], dim=-1)
 
 
 class Stage1Policy(nn.Module):
@@ -120,7 +126,7 @@ class Stage1Policy(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Noise-prediction loss on a one-embodiment batch (the windows' layout)."""
-        names = set(batch["embodiment"])
+        names = set(batch[EMBODIMENT])
         if len(names) != 1:
             raise ValueError(f"a batch must hold one embodiment, got {sorted(names)}")
         embodiment = names.pop()
@@ -132,13 +138,11 @@ class Stage1Policy(nn.Module):
         dtype = self.expert.pos_embed.dtype
         device = self.expert.pos_embed.device
         cond = self.stage1_proj(self.encoder(batch, embodiment).to(device, dtype))
-        state = batch["observation.state"].to(device, dtype)
-
-        def denoise(noisy: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-            return self.expert(noisy.to(dtype), timesteps, cond, state, embodiment)
-
+        state = batch[STATE].to(device, dtype)
         loss = self.diffusion.loss(
-            denoise, batch["action"].to(device, torch.float32), batch["action_is_pad"].to(device)
+            self.expert.denoiser(cond, state, embodiment),
+            batch[ACTION].to(device, torch.float32),
+            batch[ACTION_IS_PAD].to(device),
         )
         value = float(loss.detach())
         return loss, {"loss": value, "action_loss": value}
@@ -186,7 +190,7 @@ def read_stage1(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"stage-1 checkpoint {directory} has no {name}")
-    config = json.loads((directory / CONFIG_NAME).read_text())
+    config = read_checkpoint_config(directory)
     if config.get("kind") != STAGE1_KIND:
         raise ValueError(
             f"{directory} is not a stage-1 checkpoint (config kind {config.get('kind')!r}); "

@@ -1,0 +1,126 @@
+"""A stage's training set: datasets opened and checked, statistics merged, chunk windows built.
+
+Several datasets make a `MixtureDataset`; its batches come from `mixture_batches`, one
+dataset (so one embodiment) per optimiser step, as the per-embodiment expert heads need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from dexvla.data.sampler import EmbodimentBatchSampler
+from dexvla.data.sources import open_dataset
+from dexvla.data.windows import ChunkWindows, MixtureDataset
+from dexvla.embodiments import get_embodiment
+from dexvla.policy.configuration import PolicyConfig
+from dexvla.stats import DatasetStats, Normalizer
+from dexvla.train.config import TrainConfig
+from dexvla.train.distributed import DistInfo, ShardedBatches
+from dexvla.train.engine import BatchSamplerFactory, shuffled_batches
+from dexvla.train.recipes import StageConfig
+
+
+def mixture_batches(
+    dataset: Dataset, config: TrainConfig, info: DistInfo, start_step: int
+) -> ShardedBatches:
+    """Each step's global batch from one dataset of a `MixtureDataset`, cut for this rank."""
+    batches = EmbodimentBatchSampler(
+        dataset,  # type: ignore[arg-type]
+        batch_size=config.batch_size,
+        num_batches=config.steps,
+        seed=config.seed,
+    )
+    return ShardedBatches(
+        batches, config.batch_size, config.grad_accum, info.rank, info.world_size, start_step
+    )
+
+
+@dataclass
+class StageData:
+    """The training set of a stage: windows (mixed when several), merged stats, embodiments."""
+
+    dataset: ChunkWindows | MixtureDataset
+    stats: DatasetStats
+    embodiments: tuple[str, ...]
+    paths: tuple[Path, ...]
+
+    @property
+    def batch_sampler(self) -> BatchSamplerFactory:
+        """How the engine draws batches: one dataset per step for a mixture."""
+        return mixture_batches if isinstance(self.dataset, MixtureDataset) else shuffled_batches
+
+
+def check_substeps(paths: Sequence[Path], sources: Sequence[Any], stage: int) -> None:
+    """Refuse datasets whose frames carry no sub-step text at all."""
+    bare = [
+        str(path)
+        for path, source in zip(paths, sources, strict=True)
+        if not any(
+            any(s.strip() for s in source.lowdim(i)["substeps"]) for i in range(source.num_episodes)
+        )
+    ]
+    if bare:
+        raise ValueError(
+            f"stage {stage} trains on sub-step reasoning but {', '.join(bare)} has no sub-step "
+            "annotations; label it first with `dexvla annotate DIR`"
+        )
+
+
+def load_stage_data(
+    paths: Sequence[str | Path],
+    config: StageConfig,
+    policy: PolicyConfig,
+    base_stats: DatasetStats | None = None,
+) -> StageData:
+    """Open the datasets, check their embodiments against the policy's heads, build windows.
+
+    Stats are computed over the data, merged per embodiment across datasets; `base_stats`
+    (an init checkpoint's) supplies embodiments the data does not cover.
+    """
+    paths = tuple(Path(p) for p in paths)
+    if not paths:
+        raise ValueError("no dataset given (--data DIR[,DIR...])")
+    if config.data_weights is not None and len(config.data_weights) != len(paths):
+        raise ValueError(f"{len(config.data_weights)} data weights for {len(paths)} datasets")
+    sources = [open_dataset(path) for path in paths]
+    for path, source in zip(paths, sources, strict=True):
+        if source.embodiment not in policy.expert.embodiments:
+            raise ValueError(
+                f"dataset {path} is {source.embodiment!r} data but policy {policy.name!r} has "
+                f"expert heads for {list(policy.expert.embodiments)} only (set --embodiments)"
+            )
+        if source.num_frames == 0:
+            raise ValueError(f"dataset {path} has no frames")
+    if config.recipe.needs_substeps:
+        check_substeps(paths, sources, config.stage)
+    stats = DatasetStats()
+    for path, source in zip(paths, sources, strict=True):
+        try:
+            stats = stats.merge(DatasetStats.from_source(source))
+        except ValueError as error:
+            raise ValueError(f"dataset {path}: {error}") from None
+    if base_stats is not None:
+        stats = stats.with_fallback(base_stats)
+    normalizer = Normalizer(stats)
+    windows = [
+        ChunkWindows(
+            source,
+            chunk_size=policy.chunk_size,
+            normalizer=normalizer,
+            pad=config.pad,
+            cameras=get_embodiment(source.embodiment).cameras,
+        )
+        for source in sources
+    ]
+    embodiments = tuple(dict.fromkeys(source.embodiment for source in sources))
+    if len(windows) == 1:
+        dataset: ChunkWindows | MixtureDataset = windows[0]
+    else:
+        weights = config.data_weights or tuple(float(len(w)) for w in windows)
+        dataset = MixtureDataset(windows, weights)
+    return StageData(dataset, stats, embodiments, paths)

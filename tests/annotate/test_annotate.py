@@ -74,10 +74,10 @@ def test_sawyer_reach_and_unreadable_tasks():
 
 def _hand_demo(seed: int, length: int = 210) -> tuple[np.ndarray, list[str]]:
     """The hand expert's open-loop plan for seed `seed`, without the simulator."""
-    from dexvla.sim.hand import HandScriptedExpert, _sample_layout
+    from dexvla.sim.hand import HandScriptedExpert, sample_layout
 
     expert = HandScriptedExpert()
-    expert.reset(SimpleNamespace(unwrapped=SimpleNamespace(layout=_sample_layout(seed))))
+    expert.reset(SimpleNamespace(unwrapped=SimpleNamespace(layout=sample_layout(seed))))
     steps = [expert.act({}) for _ in range(length)]
     return np.stack([a for a, _ in steps]), [text for _, text in steps]
 

@@ -28,7 +28,8 @@ ACTION_DIM = 18
 TARGET_RADIUS = 0.035
 
 
-def _sample_layout(seed: int) -> dict[str, np.ndarray]:
+def sample_layout(seed: int) -> dict[str, np.ndarray]:
+    """The object and target positions of episode `seed` (the env and tests share it)."""
     rng = np.random.default_rng([seed, 11])
     return {
         "object": np.array([*rng.uniform([-0.12, -0.12], [0.12, -0.02]), OBJECT_HALF_HEIGHT]),
@@ -108,7 +109,7 @@ class HandEnv(gym.Env):
         super().reset(seed=seed)
         if seed is None:
             seed = int(self.np_random.integers(2**31))
-        self.layout = _sample_layout(seed)
+        self.layout = sample_layout(seed)
         mujoco.mj_resetData(self.model, self.data)
         self.data.qpos[self._object_qpos : self._object_qpos + 3] = self.layout["object"]
         self.model.site_pos[self._target_site] = self.layout["target"]

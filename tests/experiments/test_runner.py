@@ -1,103 +1,115 @@
 """`dexvla benchmark`: each suite's step plan, shared runs, resumption, tables and intervals."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from dexvla.cli import build_parser, main
+from dexvla.cli import main
 from dexvla.experiments.pipeline import StepFailed
-from dexvla.experiments.runner import SCRIPTED, SuiteRun, aggregate
-from dexvla.experiments.suites import BENCH_SIZES, SUITES, Arm, get_suite
-
-
-class FakeCommands:
-    """Stands in for the CLI: records argv, checks it parses, writes what each step leaves."""
-
-    def __init__(self, successes: int = 1) -> None:
-        self.calls: list[list[str]] = []
-        self.successes = successes
-        self.parser = build_parser()
-
-    def __call__(self, argv: list[str]) -> int:
-        self.parser.parse_args(argv)  # every generated command line is a valid one
-        self.calls.append(argv)
-        out = Path(argv[argv.index("--out") + 1])
-        if argv[0] == "train":
-            (out / "final").mkdir(parents=True, exist_ok=True)
-            (out / "final" / "config.json").write_text("{}")
-        elif argv[0] == "eval":
-            episodes = int(argv[argv.index("--episodes") + 1])
-            wins = episodes if "scripted" in argv else min(self.successes, episodes)
-            summary = {
-                "episodes": episodes,
-                "successes": wins,
-                "success_rate": wins / episodes,
-                "stage_reached": {"1": {"name": "touched", "fraction": 0.5}},
-                "mean_max_reward": 1.0,
-            }
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "eval_info.json").write_text(json.dumps({"summary": summary}))
-        return 0
-
-    def of(self, kind: str) -> list[list[str]]:
-        return [argv for argv in self.calls if argv[0] == kind]
-
-
-def _flag(argv: list[str], name: str) -> str | None:
-    return argv[argv.index(name) + 1] if name in argv else None
+from dexvla.experiments.results import SCRIPTED, aggregate
+from dexvla.experiments.runner import SuiteRun
+from dexvla.experiments.sizes import BENCH_SIZES, DEMO_SIZES, RUN_SIZES
+from dexvla.experiments.suites import SUITES, Arm, get_suite
 
 
 @pytest.mark.parametrize("name", list(SUITES))
-def test_every_suite_plans_valid_commands_and_writes_results(tmp_path, name):
+def test_every_suite_plans_its_steps_and_writes_results(tmp_path, name, fake):
     suite = get_suite(name)
-    fake = FakeCommands()
     path = SuiteRun(suite, BENCH_SIZES["ci"], 2, tmp_path, fake).run()
-    evals = fake.of("eval")
     # one scripted ceiling per task, then one evaluation per arm, task and seed
-    assert len(evals) == len(suite.tasks) * (1 + 2 * len(suite.arms))
-    for argv in fake.of("train"):
-        if argv[2] != "1":
-            assert _flag(argv, "--data").count(",") == 0  # stages 2-3: the target task only
+    assert len(fake.evals()) == len(suite.tasks) * (1 + 2 * len(suite.arms))
+    for train in fake.trains():
+        if train.config.stage != 1:
+            assert len(train.data) == 1  # stages 2-3: the target task only
     data = json.loads((tmp_path / name / "results.json").read_text())
     assert {row["arm"] for row in data["rows"]} == {SCRIPTED, *(arm.name for arm in suite.arms)}
-    assert data["git"] is None or len(data["git"]) >= 40
     assert (tmp_path / name / "results.png").stat().st_size > 1000
     assert path.read_text().count("\n| ") == len(data["rows"]) + 1  # and the header
 
 
-def test_ablate_stage1_arms_differ_only_in_stage1(tmp_path):
-    fake = FakeCommands()
+def _git(directory: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(directory), "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_results_record_the_git_revision_of_the_output_directory(tmp_path, fake, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "notes.txt").write_text("x\n")
+    _git(repo, "add", "notes.txt")
+    _git(repo, "commit", "-q", "-m", "one")
+    head = _git(repo, "rev-parse", "HEAD")
+    suite = get_suite("ablate-stage1")
+    SuiteRun(suite, BENCH_SIZES["ci"], 1, repo / "runs", fake).run()
+    data = json.loads((repo / "runs" / suite.name / "results.json").read_text())
+    assert data["git"] == head  # the untracked runs/ do not make it dirty
+    assert f"git revision `{head}`" in (repo / "runs" / suite.name / "results.md").read_text()
+    (repo / "notes.txt").write_text("changed\n")
+    SuiteRun(suite, BENCH_SIZES["ci"], 1, repo / "runs", fake).run()
+    assert json.loads((repo / "runs" / suite.name / "results.json").read_text())["git"] == (
+        head + "+dirty"
+    )
+
+
+def test_results_outside_a_git_checkout_record_no_revision_and_say_why(tmp_path, fake, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))
+    suite = get_suite("ablate-stage1")
+    SuiteRun(suite, BENCH_SIZES["ci"], 1, tmp_path / "out", fake).run()
+    data = json.loads((tmp_path / "out" / suite.name / "results.json").read_text())
+    assert data["git"] is None
+    markdown = (tmp_path / "out" / suite.name / "results.md").read_text()
+    assert "git revision unknown" in markdown and "not inside a git checkout" in markdown
+
+
+def test_ablate_stage1_arms_differ_only_in_stage1(tmp_path, fake):
     SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["ci"], 1, tmp_path, fake).run()
-    trains = fake.of("train")
-    assert [argv[2] for argv in trains] == ["1", "2", "3", "2", "3"]
+    trains = fake.trains()
+    assert [train.config.stage for train in trains] == [1, 2, 3, 2, 3]
     with_s1, without = trains[1], trains[3]
-    assert _flag(with_s1, "--init") == str(Path(_flag(trains[0], "--out")) / "final")
-    assert _flag(without, "--init") is None
-    assert _flag(with_s1, "--out") != _flag(without, "--out")
+    assert with_s1.init == trains[0].out / "final"
+    assert without.init is None
+    assert with_s1.out != without.out
+    assert with_s1.config == without.config  # the same recipe in stage 2
 
 
-def test_arms_with_one_stage1_recipe_share_it_and_a_second_run_resumes(tmp_path, capsys):
-    fake = FakeCommands()
+def test_arms_with_one_stage1_recipe_share_it_and_a_second_run_resumes(tmp_path, capsys, fake):
     suite = get_suite("ablate-substeps")
     SuiteRun(suite, BENCH_SIZES["ci"], 1, tmp_path, fake).run()
-    assert [argv[2] for argv in fake.of("train")] == ["1", "2", "3", "2", "3"]
-    assert "--no-reasoning" in fake.of("train")[3] and "--no-reasoning" not in fake.of("train")[1]
-    again = FakeCommands()
+    trains = fake.trains()
+    assert [train.config.stage for train in trains] == [1, 2, 3, 2, 3]
+    assert trains[1].config.use_reasoning and not trains[3].config.use_reasoning
+    assert not trains[4].config.use_reasoning
+    again = type(fake)()
     SuiteRun(suite, BENCH_SIZES["ci"], 1, tmp_path, again).run()
-    assert again.of("train") == []  # every stage finished: skipped
+    assert again.trains() == []  # every stage finished: skipped
     assert "skipped" in capsys.readouterr().out
 
 
-def test_cross_embodiment_pretrains_without_the_hand_and_builds_its_head(tmp_path):
-    fake = FakeCommands()
+def test_cross_embodiment_pretrains_without_the_hand_and_builds_its_head(tmp_path, fake):
     SuiteRun(get_suite("cross-embodiment"), BENCH_SIZES["cpu"], 1, tmp_path, fake).run()
-    stage1 = fake.of("train")[2]
-    assert stage1[2] == "1" and "hand" not in _flag(stage1, "--data")
-    assert _flag(stage1, "--embodiments") == "aloha,sawyer,hand"
-    few_shot = [_flag(argv, "--episodes") for argv in fake.of("collect")]
-    assert few_shot[0] == "10"  # a fifth of 50 hand demonstrations
-    assert all(_flag(argv, "--embodiments") == "hand" for argv in fake.of("train")[3:])
+    stage1 = fake.trains()[2]
+    assert stage1.config.stage == 1 and not any("hand" in path.name for path in stage1.data)
+    assert stage1.config.embodiments == ("aloha", "sawyer", "hand")
+    assert fake.collects()[0].episodes == 10  # a fifth of 50 hand demonstrations
+    assert all(train.config.embodiments == ("hand",) for train in fake.trains()[3:])
+
+
+def test_the_two_cpu_sizes_are_distinct_entries_of_one_registry():
+    assert DEMO_SIZES["cpu"] is RUN_SIZES["demo-cpu"]
+    assert BENCH_SIZES["cpu"] is RUN_SIZES["bench-cpu"]
+    assert DEMO_SIZES["ci"] is BENCH_SIZES["ci"] is RUN_SIZES["ci"]
+    assert DEMO_SIZES["cpu"].steps == (500, 3000, 500)
+    assert BENCH_SIZES["cpu"].steps == (1000, 1500, 500)
+    assert {size.name for size in RUN_SIZES.values()} == set(RUN_SIZES)
 
 
 def test_aggregate_uses_seed_spread_with_several_seeds_and_wilson_with_one():
@@ -130,15 +142,15 @@ def test_bad_arms_and_arguments_are_refused(tmp_path, capsys):
     assert "ablate-stage1" in capsys.readouterr().out
 
 
-def test_a_failing_step_stops_the_suite_before_later_steps(tmp_path):
-    fake = FakeCommands()
+def test_a_failing_step_stops_the_suite_before_later_steps(tmp_path, fake):
+    def execute(step):
+        if step.label.startswith("stage"):
+            raise ValueError("dataset broken")
+        fake(step)
 
-    def command(argv):
-        return 3 if argv[0] == "train" else fake(argv)
-
-    with pytest.raises(StepFailed, match="stage 1 for with stage 1"):
-        SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["ci"], 1, tmp_path, command).run()
-    assert len(fake.of("eval")) == 1  # the scripted ceiling only
+    with pytest.raises(StepFailed, match=r"stage 1 for with stage 1.*dataset broken"):
+        SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["ci"], 1, tmp_path, execute).run()
+    assert len(fake.evals()) == 1  # the scripted ceiling only
     assert not (tmp_path / "ablate-stage1" / "results.json").exists()
 
 
@@ -164,4 +176,8 @@ def test_every_suite_end_to_end_at_ci_size(shared_out, name, capsys):
         assert list(shared_out.glob("runs/stage1/*/seed0/final/model.safetensors"))
     capsys.readouterr()
     assert main(argv) == 0  # resumes: every step is done
-    assert "dexvla train" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    trains = [
+        line for line in out.splitlines() if line.startswith("[benchmark] stage ") and ": " in line
+    ]
+    assert trains and all(line.endswith("exists, skipped") for line in trains)

@@ -1,15 +1,39 @@
-"""`dexvla benchmark NAME`: run a named suite (docs/benchmarks.md) and write its results."""
+"""`dexvla demo` (the whole system end to end) and `dexvla benchmark NAME` (a named suite,
+docs/benchmarks.md). Both plan a suite and run it with the same runner; `--dry-run` prints
+the plan instead."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from dexvla.experiments.pipeline import StepFailed, add_size_arguments, size_from_args
+from dexvla.experiments.sizes import BENCH_SIZES, DEMO_SIZES, add_size_arguments, size_from_args
+
+DEMO_DESCRIPTION = """\
+`dexvla demo`: the whole system end to end, at a size chosen for the machine.
+
+Collect scripted demonstrations (several embodiments for stage 1, ALOHA transfer cube with
+sub-steps for stages 2 and 3), train the three stages with the stage presets of --preset
+(tiny-stageN for the tiny presets, 2b-stageN for dexvla-2b), evaluate the result and the
+scripted expert in closed loop, and write a Markdown report. Every step is printed before it
+runs (--dry-run prints them all, with their resolved recipes, and runs nothing), and every step
+resumes: collection skips finished episodes, training continues from its last checkpoint (a
+finished stage is skipped), evaluation skips finished episodes.
+"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from dexvla.experiments.suites import BENCH_SIZES, SUITES
+    from dexvla.experiments.suites import SUITES
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="collect, train the three stages, evaluate and report, end to end",
+        description=DEMO_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_size_arguments(parser, DEMO_SIZES, default="cpu")
+    parser.add_argument("--out", default="runs/demo", help="where everything goes")
+    parser.set_defaults(func=run_demo)
 
     suites = "\n".join(f"  {name}: {suite.description}" for name, suite in SUITES.items())
     parser = subparsers.add_parser(
@@ -23,12 +47,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per arm and task")
     parser.add_argument("--out", default="runs/benchmarks", help="work directory (shared)")
     add_size_arguments(parser, BENCH_SIZES, default="cpu")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run_benchmark)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
+    from dexvla.experiments.demo import run_demo
+
+    size = size_from_args(DEMO_SIZES, args)
+    return run_demo(size, Path(args.out), argv=args.argv, dry_run=args.dry_run)
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    from dexvla.experiments.pipeline import StepFailed
     from dexvla.experiments.runner import SuiteRun
-    from dexvla.experiments.suites import BENCH_SIZES, SUITES, get_suite
+    from dexvla.experiments.suites import SUITES, get_suite
 
     if args.list or not args.name:
         for name, suite in SUITES.items():
@@ -39,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
     suite = get_suite(args.name)
     size = size_from_args(BENCH_SIZES, args)
     runner = SuiteRun(suite, size, args.seeds, Path(args.out), argv=args.argv)
+    plan = runner.plan()
+    if args.dry_run:
+        runner.pipeline.print_plan(plan)
+        return 0
     try:
-        path = runner.run()
+        path = runner.run(plan)
     except StepFailed as error:
         print(f"[benchmark] {error}; re-run the same command to resume", flush=True)
         return 1

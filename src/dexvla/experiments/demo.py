@@ -1,127 +1,68 @@
-"""`dexvla demo`: the whole system end to end, at a size chosen for the machine.
-
-Collect scripted demonstrations (several embodiments for stage 1, ALOHA transfer cube with
-sub-steps for stages 2 and 3), train the three stages, evaluate the result and the scripted
-expert in closed loop, and write a Markdown report. Every step is one of the package's own
-commands, printed before it runs, and every step resumes: collection skips finished episodes,
-training continues from its last checkpoint (a finished stage is skipped), evaluation skips
-finished episodes.
+"""`dexvla demo`: the suite `DEMO` (one DexVLA arm and the scripted expert on ALOHA transfer
+cube) run by the benchmark runner into one directory, with a terminal table and report.md.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from dexvla.experiments.pipeline import (
-    CI_SIZE,
-    Command,
-    Pipeline,
-    RunSize,
+    Execute,
     StepFailed,
-    add_size_arguments,
+    Train,
     eval_summary,
-    size_from_args,
     stages_reached,
 )
-from dexvla.io import atomic_write_bytes
+from dexvla.experiments.results import SCRIPTED
+from dexvla.experiments.runner import SuiteRun
+from dexvla.experiments.sizes import RunSize
+from dexvla.experiments.suites import DEMO
+from dexvla.io import atomic_write_text
+from dexvla.train.metrics import LOSS_CURVE_FILE
 
-EVAL_TASK = "aloha-transfer-cube"
-
-
-SIZES: dict[str, RunSize] = {
-    "ci": CI_SIZE,
-    "cpu": RunSize(
-        name="cpu",
-        episodes=40,
-        pretrain_tasks=("sawyer-reach", "sawyer-pick-place"),
-        pretrain_episodes=10,
-        image_size=84,
-        steps=(500, 3000, 500),
-        batch_size=8,
-        eval_episodes=10,
-        eval_max_steps=None,
-        workers=2,
-        description="the default: about 20 minutes on a 2-core CPU",
-    ),
-    "gpu": RunSize(
-        name="gpu",
-        episodes=50,
-        pretrain_tasks=("sawyer-reach", "sawyer-pick-place", "sawyer-push", "hand-pick-place"),
-        pretrain_episodes=50,
-        image_size=128,
-        steps=(5000, 10000, 5000),
-        batch_size=32,
-        eval_episodes=50,
-        eval_max_steps=None,
-        workers=4,
-        description="more data and steps for a machine with a GPU",
-    ),
-}
+EVAL_TASK = DEMO.tasks[0]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="collect, train the three stages, evaluate and report, end to end",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_size_arguments(parser, SIZES, default="cpu")
-    parser.add_argument("--out", default="runs/demo", help="where everything goes")
-    parser.set_defaults(func=run)
+def demo_run(
+    size: RunSize, out: Path, execute: Execute | None = None, argv: list[str] | None = None
+) -> SuiteRun:
+    """The demo suite at `size` in `out`, its results (results.md/json/png) in `out` too."""
+    return SuiteRun(DEMO, size, 1, out, execute, argv, results=out, tag="demo")
 
 
-def run(args: argparse.Namespace) -> int:
-    return run_demo(size_from_args(SIZES, args), Path(args.out))
-
-
-def run_demo(size: RunSize, out: Path, command: Command | None = None) -> int:
-    """Run every step of the demo into `out`; returns the exit status of the first failure."""
-    out.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline("demo", command)
-    data = out / "data"
-    aloha = data / EVAL_TASK
-    pretrain = [data / task for task in size.pretrain_tasks]
-    policy_eval, scripted_eval = out / "eval" / "policy", out / "eval" / "scripted"
+def run_demo(
+    size: RunSize,
+    out: Path,
+    execute: Execute | None = None,
+    *,
+    argv: list[str] | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Run (or with `dry_run`, print) every step of the demo; 1 when a step failed."""
+    run = demo_run(size, out, execute, argv)
+    plan = run.plan()
+    if dry_run:
+        run.pipeline.print_plan(plan)
+        return 0
     try:
-        for task, path in zip((EVAL_TASK, *size.pretrain_tasks), (aloha, *pretrain), strict=True):
-            episodes = size.episodes if task == EVAL_TASK else size.pretrain_episodes
-            pipeline.collect(task, episodes, path, size.image_size, size.workers)
-        stage_data = {1: [aloha, *pretrain], 2: [aloha], 3: [aloha]}
-        init = None
-        for stage in (1, 2, 3):
-            init = pipeline.train(
-                stage,
-                stage_data[stage],
-                out / f"stage{stage}",
-                steps=size.steps[stage - 1],
-                batch_size=size.batch_size,
-                policy=size.preset,
-                init=init,
-                options=size.train_options,
-            )
-        common = dict(
-            episodes=size.eval_episodes,
-            image_size=size.image_size,
-            workers=size.workers,
-            max_steps=size.eval_max_steps,
-        )
-        pipeline.evaluate(
-            EVAL_TASK, policy_eval, checkpoint=init, name="evaluate the policy", **common
-        )
-        pipeline.evaluate(EVAL_TASK, scripted_eval, name="evaluate the scripted expert", **common)
+        run.run(plan)
     except StepFailed as error:
         print(f"[demo] {error}; re-run the same command to resume", flush=True)
         return 1
-    evaluations = {
-        f"DexVLA ({size.preset}, stages 1-3)": policy_eval,
-        "scripted expert (ceiling)": scripted_eval,
-    }
-    report = write_report(out, size, evaluations, pipeline.timings)
+    evaluations = evaluation_dirs(run)
+    report = write_report(run, [step for step in plan if isinstance(step, Train)], evaluations)
     print_summary(evaluations)
     print(f"\n[demo] report: {report}", flush=True)
     return 0
+
+
+def evaluation_dirs(run: SuiteRun) -> dict[str, Path]:
+    """Row name -> evaluation directory: the policy first, then the scripted ceiling."""
+    (arm,) = DEMO.arms
+    stages = f"stages {arm.stages[0]}-{arm.stages[-1]}"
+    names = {arm.name: f"{arm.name} ({arm.policy_for(run.size)}, {stages})", SCRIPTED: SCRIPTED}
+    dirs = {record["arm"]: run.out / record["eval_dir"] for record in run.records}
+    return {names[key]: dirs[key] for key in names}
 
 
 def print_summary(evaluations: dict[str, Path]) -> None:
@@ -145,10 +86,10 @@ def print_summary(evaluations: dict[str, Path]) -> None:
     Console().print(table)
 
 
-def write_report(
-    out: Path, size: RunSize, evaluations: dict[str, Path], timings: dict[str, float]
-) -> Path:
-    """A Markdown report linking the evaluation reports, videos and loss curves."""
+def write_report(run: SuiteRun, trains: list[Train], evaluations: dict[str, Path]) -> Path:
+    """report.md: the success table, and links to the evaluation reports, the videos and
+    the loss curves that exist."""
+    out, size = run.out, run.size
     lines = [
         "# dexvla demo",
         "",
@@ -165,27 +106,28 @@ def write_report(
     for name, path in evaluations.items():
         summary = eval_summary(path)
         low, high = summary["success_ci95"]
+        html = path / "report.html"
+        link = f"[report]({html.relative_to(out)})" if html.is_file() else ""
         lines.append(
             f"| {name} | {summary['successes']}/{summary['episodes']} | {low:.2f}-{high:.2f} | "
-            f"{stages_reached(summary)} | {summary.get('mean_max_reward', 0.0):.2f} | "
-            f"[report]({path.relative_to(out)}/report.html) |"
+            f"{stages_reached(summary)} | {summary.get('mean_max_reward', 0.0):.2f} | {link} |"
         )
-    lines += ["", "## Training", ""]
-    for stage in (1, 2, 3):
-        curve = out / f"stage{stage}" / "loss_curve.png"
-        if curve.is_file():
-            lines.append(f"Stage {stage}: ![stage {stage} loss]({curve.relative_to(out)})")
-            lines.append("")
-    videos = sorted(
-        video for path in evaluations.values() for video in (path / "videos").glob("*.mp4")
-    )
+    lines.append("")
+    curves = [(train, train.out / LOSS_CURVE_FILE) for train in trains]
+    curves = [(train, curve) for train, curve in curves if curve.is_file()]
+    if curves:
+        lines += ["## Training", ""]
+        for train, curve in curves:
+            stage = train.config.stage
+            lines += [f"Stage {stage}: ![stage {stage} loss]({curve.relative_to(out)})", ""]
+    videos = sorted(video for path in evaluations.values() for video in path.glob("videos/*.mp4"))
     if videos:
         lines += ["## Videos", ""]
         lines += [f"- [{video.name}]({video.relative_to(out)})" for video in videos]
         lines.append("")
-    if timings:
+    if run.pipeline.timings:
         lines += ["## Time per step (this run)", "", "| step | seconds |", "|---|---|"]
-        lines += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
+        lines += [f"| {name} | {seconds:.0f} |" for name, seconds in run.pipeline.timings.items()]
     path = out / "report.md"
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

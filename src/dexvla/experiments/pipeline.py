@@ -1,225 +1,239 @@
-"""The package's own commands chained into a pipeline: collect, train a stage, evaluate.
+"""The package's own steps chained into a pipeline: collect, train a stage, evaluate.
 
-`dexvla demo` and `dexvla benchmark` are both sequences of these steps. Each step is one
-`dexvla ...` command line, printed before it runs and timed, and each one resumes on its own
-(collection skips finished episodes, training continues from its last checkpoint, evaluation
-skips finished episodes), so a pipeline interrupted anywhere continues where it stopped.
+`dexvla demo` and `dexvla benchmark` are both a plan (a list of these steps, each with its
+resolved parameters: the `StageConfig` a training step runs, the `EvalConfig` an evaluation
+runs) that a `Pipeline` runs in order, printing each step before it runs and timing it. Every
+step resumes on its own (collection skips finished episodes, a finished stage is skipped and an
+unfinished one continues from its last checkpoint, evaluation skips finished episodes), so a
+pipeline interrupted anywhere continues where it stopped.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
-import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-Command = Callable[[list[str]], int]
-"""Runs one `dexvla` command line (argv without the program name); returns its exit status."""
-
-
-@dataclass(frozen=True)
-class RunSize:
-    """How much data, training and evaluation one pipeline run does."""
-
-    name: str
-    episodes: int  # target-task demonstrations
-    pretrain_tasks: tuple[str, ...]  # stage 1's other tasks
-    pretrain_episodes: int
-    image_size: int
-    steps: tuple[int, int, int]  # stages 1, 2, 3
-    batch_size: int
-    eval_episodes: int
-    eval_max_steps: int | None
-    workers: int
-    preset: str = "tiny"
-    description: str = ""
-    train_options: tuple[str, ...] = ()  # extra `dexvla train` flags for every stage
-
-    def __post_init__(self) -> None:
-        for name in ("episodes", "pretrain_episodes", "eval_episodes", "workers", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if len(self.steps) != 3 or min(self.steps) < 1:
-            raise ValueError(f"steps must be three positive numbers, got {self.steps}")
-
-
-CI_SIZE = RunSize(
-    name="ci",
-    episodes=2,
-    pretrain_tasks=("sawyer-reach",),
-    pretrain_episodes=2,
-    image_size=56,
-    steps=(4, 4, 4),
-    batch_size=2,
-    eval_episodes=1,
-    eval_max_steps=32,
-    workers=1,
-    description="the smallest run that exercises every step (CI)",
-)
-
-
-def add_size_arguments(
-    parser: argparse.ArgumentParser, sizes: dict[str, RunSize], default: str
-) -> None:
-    """`--size` and the flags that change one of its fields (`size_from_args` applies them)."""
-    choices = "; ".join(f"{name}: {size.description}" for name, size in sizes.items())
-    parser.add_argument("--size", choices=tuple(sizes), default=default, help=choices)
-    parser.add_argument("--episodes", type=int, help="target-task demonstrations to collect")
-    parser.add_argument("--steps", type=int, nargs=3, metavar=("S1", "S2", "S3"))
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--eval-episodes", type=int)
-    parser.add_argument("--workers", type=int, help="processes for collection and evaluation")
-    parser.add_argument("--preset", help="policy preset (default tiny; e.g. dexvla-2b on a GPU)")
-
-
-def size_from_args(sizes: dict[str, RunSize], args: argparse.Namespace) -> RunSize:
-    """The chosen size with the fields given on the command line replaced (and validated)."""
-    changes = {
-        "episodes": args.episodes,
-        "steps": tuple(args.steps) if args.steps else None,
-        "batch_size": args.batch_size,
-        "eval_episodes": args.eval_episodes,
-        "workers": args.workers,
-        "preset": args.preset,
-    }
-    return dataclasses.replace(
-        sizes[args.size], **{k: v for k, v in changes.items() if v is not None}
-    )
+from dexvla.eval.evaluate import EvalConfig
+from dexvla.io import read_json
+from dexvla.train.stages import FINAL_DIR, StageConfig, stage_preset_for
 
 
 class StepFailed(RuntimeError):
-    """A pipeline step exited with a non-zero status."""
+    """A pipeline step failed; the message names the step."""
+
+
+@dataclass(frozen=True)
+class Collect:
+    """Scripted demonstrations of `task` into the dataset `out` (resumes)."""
+
+    label: str
+    task: str
+    episodes: int
+    out: Path
+    image_size: int
+    workers: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.episodes} scripted episodes at {self.image_size} px into {self.out} "
+            f"({self.workers} worker(s))"
+        )
+
+    def details(self) -> str:
+        return ""
+
+    def skip_reason(self) -> str | None:
+        return None
+
+    def run(self) -> None:
+        from dexvla.sim.collect import collect
+        from dexvla.sim.registry import parse_image_size
+
+        report = collect(
+            self.task,
+            episodes=self.episodes,
+            out=self.out,
+            workers=self.workers,
+            image_size=parse_image_size(self.image_size),
+        )
+        print(
+            f"{self.task}: {report.new_episodes} new, {report.total_episodes} in {self.out}; "
+            f"{len(report.failed_seeds)} failed seed(s)",
+            flush=True,
+        )
+        if report.total_episodes < self.episodes:
+            raise StepFailed(f"only {report.total_episodes} of {self.episodes} episodes")
+
+
+@dataclass(frozen=True)
+class Train:
+    """One stage trained with `config` on `data` into `out`, from `init` (a previous final/)."""
+
+    label: str
+    config: StageConfig
+    data: tuple[Path, ...]
+    out: Path
+    init: Path | None = None
+
+    @property
+    def final(self) -> Path:
+        return self.out / FINAL_DIR
+
+    def describe(self) -> str:
+        start = f"from {self.init}" if self.init else "from scratch"
+        return (
+            f"recipe {self.config.name} ({self.config.train.steps} steps at batch "
+            f"{self.config.train.batch_size}, seed {self.config.train.seed}) on "
+            f"{', '.join(map(str, self.data))}, {start}, into {self.out}"
+        )
+
+    def details(self) -> str:
+        config, train = self.config, self.config.train
+        heads = ",".join(config.policy_config().embodiments)
+        return (
+            f"policy {config.policy}, precision {train.precision}, lr {train.lr:g} "
+            f"{train.schedule} (warmup {train.warmup_steps}), ema {train.ema}, vision "
+            f"{'frozen' if config.freeze_vision else 'trained'}, llm {config.llm}, heads "
+            f"{heads}, {config.noise_samples} noise draw(s), reasoning "
+            f"{'on' if config.use_reasoning else 'off'}"
+        )
+
+    def skip_reason(self) -> str | None:
+        """A stage whose final/ is written is done (run_stage writes config.json last)."""
+        final = self.final / "config.json"
+        return f"{self.final} exists" if final.is_file() else None
+
+    def run(self) -> None:
+        from dexvla.train.stages import run_stage
+
+        final = run_stage(self.config, self.data, self.out, init=self.init, resume=True)
+        print(f"stage {self.config.stage} done: {final}", flush=True)
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """Closed-loop episodes of `config`; `arm` and `seed` name the results row it fills."""
+
+    label: str
+    config: EvalConfig
+    arm: str
+    seed: int | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    def describe(self) -> str:
+        config = self.config
+        policy = "the scripted expert" if config.policy == "scripted" else str(config.checkpoint)
+        return (
+            f"{config.episodes} episode(s) of {policy} on {config.task} from seed {config.seed} "
+            f"at {config.image_size} px into {config.out}"
+        )
+
+    def details(self) -> str:
+        limit = self.config.max_steps or "the task's"
+        return f"{self.config.workers} worker(s), episode limit {limit}"
+
+    def skip_reason(self) -> str | None:
+        return None
+
+    def run(self) -> None:
+        from dexvla.eval.evaluate import evaluate
+
+        summary = evaluate(self.config)["summary"]
+        print(
+            f"{self.config.task}: success {summary['successes']}/{summary['episodes']}",
+            flush=True,
+        )
+
+
+Step = Collect | Train | Evaluate
+Execute = Callable[[Step], None]
+"""Runs one step (the default: `step.run()`); tests pass a stand-in."""
+
+
+def stage_recipe(
+    policy: str,
+    stage: int,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    overrides: Mapping[str, Any],
+) -> StageConfig:
+    """The stage preset that trains `policy` with this run's steps, batch, seed and overrides.
+
+    `overrides` are StageConfig field -> value, TrainConfig fields in a mapping under "train";
+    they apply last (after steps, batch and seed).
+    """
+    preset = stage_preset_for(policy, stage)
+    train = {"steps": steps, "batch_size": batch_size, "seed": seed, **overrides.get("train", {})}
+    return with_overrides(preset, {**overrides, "train": train})
+
+
+def with_overrides(config: StageConfig, overrides: Mapping[str, Any]) -> StageConfig:
+    """`config` with StageConfig fields (and TrainConfig fields under "train") replaced."""
+    changes = dict(overrides)
+    train_changes = dict(changes.pop("train", {}))
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(StageConfig)})
+    unknown += sorted(
+        f"train.{name}"
+        for name in set(train_changes) - {f.name for f in dataclasses.fields(config.train)}
+    )
+    if unknown:
+        raise ValueError(f"stage recipe {config.name!r}: unknown override(s) {unknown}")
+    train = dataclasses.replace(config.train, **train_changes)
+    return dataclasses.replace(config, train=train, **changes)
+
+
+def run_step(step: Step) -> None:
+    step.run()
 
 
 class Pipeline:
-    """Runs steps in order, printing each command line with `tag` and recording its time."""
+    """Runs steps in order, printing each with `tag` and recording its time."""
 
-    def __init__(self, tag: str, command: Command | None = None) -> None:
-        if command is None:
-            from dexvla.cli import main as command
+    def __init__(self, tag: str, execute: Execute | None = None) -> None:
         self.tag = tag
-        self.command = command
+        self.execute = execute or run_step
         self.timings: dict[str, float] = {}
 
-    def step(self, name: str, argv: list[str]) -> None:
-        """Run one command; raise `StepFailed` (naming the step) when it fails."""
-        print(f"\n[{self.tag}] {name}: dexvla {shlex.join(argv)}", flush=True)
+    def run(self, step: Step) -> None:
+        """Run one step (or skip it when done); raise `StepFailed`, naming it, on failure."""
+        reason = step.skip_reason()
+        if reason:
+            print(f"\n[{self.tag}] {step.label}: {reason}, skipped", flush=True)
+            return
+        print(f"\n[{self.tag}] {step.label}: {step.describe()}", flush=True)
         start = time.perf_counter()
-        status = self.command(argv)
-        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-        if status:
-            raise StepFailed(f"step {name!r} failed with status {status}")
+        try:
+            self.execute(step)
+        except (StepFailed, ValueError, KeyError, FileNotFoundError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            raise StepFailed(f"step {step.label!r} failed: {message}") from error
+        finally:
+            self.timings[step.label] = (
+                self.timings.get(step.label, 0.0) + time.perf_counter() - start
+            )
 
-    def collect(self, task: str, episodes: int, out: Path, image_size: int, workers: int) -> Path:
-        """Scripted demonstrations of `task` into the dataset `out` (resumes)."""
-        self.step(
-            f"collect {task}",
-            [
-                "collect",
-                "--task",
-                task,
-                "--episodes",
-                str(episodes),
-                "--out",
-                str(out),
-                "--workers",
-                str(workers),
-                "--image-size",
-                str(image_size),
-            ],
-        )
-        return out
-
-    def train(
-        self,
-        stage: int,
-        data: Sequence[Path],
-        out: Path,
-        *,
-        steps: int,
-        batch_size: int,
-        policy: str = "tiny",
-        init: Path | None = None,
-        seed: int = 0,
-        options: Sequence[str] = (),
-        name: str | None = None,
-    ) -> Path:
-        """Train one stage of the tiny stage preset (or `policy`) into `out`; returns final/.
-
-        A stage whose `final/config.json` exists is skipped; otherwise training resumes from
-        the last checkpoint in `out`. `options` are extra `dexvla train` flags.
-        """
-        final = out / "final"
-        label = name or f"train stage {stage}"
-        if (final / "config.json").is_file():
-            print(f"\n[{self.tag}] {label}: {final} exists, skipped", flush=True)
-            return final
-        argv = [
-            "train",
-            "--stage",
-            str(stage),
-            "--preset",
-            f"tiny-stage{stage}",
-            "--data",
-            ",".join(str(path) for path in data),
-            "--out",
-            str(out),
-            "--steps",
-            str(steps),
-            "--batch-size",
-            str(batch_size),
-            "--seed",
-            str(seed),
-            "--resume",
-        ]
-        if policy != "tiny":
-            argv += ["--policy", policy]
-        if init is not None:
-            argv += ["--init", str(init)]
-        self.step(label, argv + list(options))
-        return final
-
-    def evaluate(
-        self,
-        task: str,
-        out: Path,
-        *,
-        episodes: int,
-        image_size: int,
-        workers: int,
-        checkpoint: Path | None = None,
-        max_steps: int | None = None,
-        name: str | None = None,
-    ) -> dict[str, Any]:
-        """Closed-loop episodes of `checkpoint` (None: the scripted expert); their summary."""
-        argv = [
-            "eval",
-            "--task",
-            task,
-            "--episodes",
-            str(episodes),
-            "--workers",
-            str(workers),
-            "--image-size",
-            str(image_size),
-            "--out",
-            str(out),
-        ]
-        argv += ["--checkpoint", str(checkpoint)] if checkpoint else ["--policy", "scripted"]
-        if max_steps:
-            argv += ["--max-steps", str(max_steps)]
-        self.step(name or f"evaluate on {task}", argv)
-        return eval_summary(out)
+    def print_plan(self, steps: Sequence[Step]) -> None:
+        """Every step with its resolved parameters, and whether it is already done."""
+        for number, step in enumerate(steps, 1):
+            reason = step.skip_reason()
+            done = f" [done: {reason}]" if reason else ""
+            print(f"[{self.tag}] {number}. {step.label}{done}: {step.describe()}")
+            if step.details():
+                print(f"      {step.details()}")
 
 
 def eval_summary(out: Path) -> dict[str, Any]:
-    """The summary `dexvla eval` wrote to `out/eval_info.json`."""
-    return json.loads((out / "eval_info.json").read_text())["summary"]
+    """The summary an evaluation wrote to `out/eval_info.json`."""
+    return read_json(Path(out) / "eval_info.json", "evaluation info")["summary"]
 
 
 def stages_reached(summary: dict[str, Any]) -> str:

@@ -5,14 +5,14 @@ on the same evaluation seeds. An arm is a training recipe: the policy preset (ex
 the stages that run, whether the sub-step reasoning is used, how many target-task
 demonstrations it sees and which tasks stage 1 pre-trains on. Two arms (in any suites) with the
 same recipe at the same size share their runs on disk, so e.g. `ablate-stage1` reuses the
-transfer-cube runs of `aloha-sim`.
+transfer-cube runs of `aloha-sim`. `DEMO` is the suite `dexvla demo` runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dexvla.experiments.pipeline import CI_SIZE, RunSize
+from dexvla.experiments.sizes import RunSize
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Arm:
     episodes_scale: float = 1.0  # target-task demonstrations, as a fraction of the size's
     pretrain_tasks: tuple[str, ...] | None = None  # stage 1: None = target task + size's tasks
     stage1_embodiments: tuple[str, ...] | None = None  # stage-1 expert heads (None: preset's)
+    task_heads: bool = True  # stages 2-3: the task's expert head only (False: the preset's)
 
     def __post_init__(self) -> None:
         if not self.stages or set(self.stages) - {1, 2, 3} or 2 not in self.stages:
@@ -132,35 +133,13 @@ SUITES: dict[str, Suite] = {
     )
 }
 
-BENCH_SIZES: dict[str, RunSize] = {
-    "ci": CI_SIZE,
-    "cpu": RunSize(
-        name="cpu",
-        episodes=50,
-        pretrain_tasks=("sawyer-reach", "sawyer-pick-place"),
-        pretrain_episodes=10,
-        image_size=84,
-        steps=(1000, 1500, 500),
-        batch_size=8,
-        eval_episodes=20,
-        eval_max_steps=None,
-        workers=2,
-        description="50 demonstrations, short training, 20 evaluation episodes (2-core CPU)",
-    ),
-    "full": RunSize(
-        name="full",
-        episodes=50,
-        pretrain_tasks=("sawyer-reach", "sawyer-pick-place", "sawyer-push"),
-        pretrain_episodes=50,
-        image_size=128,
-        steps=(10000, 20000, 10000),
-        batch_size=32,
-        eval_episodes=50,
-        eval_max_steps=None,
-        workers=4,
-        description="the issue's protocol: 50 demonstrations, 50 evaluation episodes (GPU)",
-    ),
-}
+DEMO = Suite(
+    name="demo",
+    description="the whole system end to end: the three stages on ALOHA transfer cube",
+    tasks=("aloha-transfer-cube",),
+    arms=(Arm("DexVLA", task_heads=False),),
+)
+"""`dexvla demo`: one DexVLA arm (with the preset's expert heads) and the scripted expert."""
 
 
 def get_suite(name: str) -> Suite:

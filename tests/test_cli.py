@@ -1,0 +1,70 @@
+"""The command line's contract: every subcommand and flag of the last release still parses."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from dexvla.cli import build_parser
+
+# The flags of 0.1.0 (7d197a4), by subcommand. A flag renamed keeps its old spelling as an alias.
+RELEASED_FLAGS: dict[tuple[str, ...], set[str]] = {
+    ("models",): {"--json"},
+    ("tasks",): {"--json", "--featured"},
+    ("collect",): {
+        "--task", "--episodes", "--out", "--workers", "--seed", "--image-size",
+        "--max-attempts", "--no-progress",
+    },
+    ("dataset", "info"): {"--json"},
+    ("annotate",): {"--episodes", "--evaluate", "--json", "--overwrite", "--sim-task"},
+    ("train",): {
+        "--stage", "--preset", "--policy", "--data", "--out", "--init", "--resume", "--steps",
+        "--batch-size", "--grad-accum", "--lr", "--warmup-steps", "--schedule", "--save-every",
+        "--keep-last", "--log-every", "--workers", "--ema", "--precision", "--seed", "--device",
+        "--strategy", "--gradient-checkpointing", "--no-gradient-checkpointing", "--llm",
+        "--lora-rank", "--lora-alpha", "--lora-dropout", "--freeze-vision", "--no-freeze-vision",
+        "--data-weights", "--embodiments", "--image-size", "--llm-loss-weight",
+        "--noise-samples", "--no-reasoning", "--print-config",
+    },
+    ("eval",): {
+        "--checkpoint", "--policy", "--task", "--episodes", "--out", "--workers", "--seed",
+        "--image-size", "--max-steps", "--device", "--threads", "--videos", "--json",
+        "--no-progress", "--execute-steps", "--ensemble", "--reasoning-every",
+        "--async-reasoning",
+    },
+    ("serve",): {
+        "--checkpoint", "--host", "--port", "--embodiment", "--api-key", "--max-message-mb",
+    },
+    ("demo",): {
+        "--size", "--preset", "--steps", "--episodes", "--eval-episodes", "--batch-size",
+        "--workers", "--out",
+    },
+    ("benchmark",): {
+        "--size", "--preset", "--steps", "--episodes", "--eval-episodes", "--batch-size",
+        "--workers", "--out", "--seeds", "--list",
+    },
+}  # fmt: skip
+
+
+def _subparser(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> argparse.ArgumentParser:
+    for name in path:
+        (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        assert name in action.choices, f"`dexvla {' '.join(path)}`: no subcommand {name!r}"
+        parser = action.choices[name]
+    return parser
+
+
+@pytest.mark.parametrize("path", sorted(RELEASED_FLAGS), ids=" ".join)
+def test_released_flags_still_parse(path: tuple[str, ...]) -> None:
+    parser = _subparser(build_parser(), path)
+    flags = {option for action in parser._actions for option in action.option_strings}
+    missing = sorted(RELEASED_FLAGS[path] - flags)
+    assert not missing, f"`dexvla {' '.join(path)}` lost the flags {missing}"
+
+
+def test_unknown_subcommand_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["no-such-command"])
+    assert exit_info.value.code == 2
+    assert "no-such-command" in capsys.readouterr().err

@@ -8,6 +8,7 @@ images as float (B, 3, H, W) in [0, 1] (docs/interfaces.md). Each key is declare
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,19 @@ def image_key(camera: str) -> str:
 def camera_of(key: str) -> str | None:
     """The camera an image key names, or None for any other key."""
     return key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else None
+
+
+def unknown_fields(config_cls: type, data: dict[str, Any]) -> list[str]:
+    """The keys of `data` that are no field of the dataclass `config_cls`, sorted."""
+    return sorted(set(data) - {f.name for f in dataclasses.fields(config_cls)})
+
+
+def check_known_fields(config_cls: type, data: dict[str, Any]) -> None:
+    """Refuse a config dict with keys `config_cls` lacks: a typo is an error, not ignored."""
+    unknown = unknown_fields(config_cls, data)
+    if unknown:
+        known = sorted(f.name for f in dataclasses.fields(config_cls))
+        raise ValueError(f"unknown {config_cls.__name__} keys: {unknown}; known: {known}")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from typing import Any
 
 from dexvla.eval.evaluate import EvalConfig
 from dexvla.io import read_json
+from dexvla.schema import unknown_fields
 from dexvla.train.stages import FINAL_DIR, StageConfig, stage_preset_for
 
 
@@ -180,11 +181,8 @@ def with_overrides(config: StageConfig, overrides: Mapping[str, Any]) -> StageCo
     """`config` with StageConfig fields (and TrainConfig fields under "train") replaced."""
     changes = dict(overrides)
     train_changes = dict(changes.pop("train", {}))
-    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(StageConfig)})
-    unknown += sorted(
-        f"train.{name}"
-        for name in set(train_changes) - {f.name for f in dataclasses.fields(config.train)}
-    )
+    unknown = unknown_fields(StageConfig, changes)
+    unknown += [f"train.{name}" for name in unknown_fields(type(config.train), train_changes)]
     if unknown:
         raise ValueError(f"stage recipe {config.name!r}: unknown override(s) {unknown}")
     train = dataclasses.replace(config.train, **train_changes)

@@ -21,6 +21,7 @@ from dexvla.policy.diffusion import DiffusionConfig
 from dexvla.policy.fusion import ReasoningFusion
 from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 from dexvla.policy.vlm import VLMConfig, load_tokenizer, qwen2vl_config
+from dexvla.schema import check_known_fields
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        check_known_fields(cls, data)
         data = dict(data)
         data["vlm"] = VLMConfig.from_dict(data["vlm"])
         data["expert"] = ScaleDPConfig.from_dict(data["expert"])

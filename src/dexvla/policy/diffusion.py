@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -25,6 +25,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from dexvla.schema import check_known_fields
 
 # name -> (scheduler class, extra constructor arguments)
 SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
@@ -80,10 +82,7 @@ class DiffusionConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiffusionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown DiffusionConfig keys: {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, data)
         return cls(**data)
 
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from dexvla.schema import check_known_fields
 
 
 @dataclass(frozen=True)
@@ -91,10 +93,7 @@ class ScaleDPConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ScaleDPConfig:
         """Inverse of `to_dict`; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown ScaleDPConfig keys: {unknown}; known: {sorted(known)}")
+        check_known_fields(cls, data)
         data = dict(data)
         if "embodiments" in data:
             data["embodiments"] = {k: tuple(v) for k, v in data["embodiments"].items()}

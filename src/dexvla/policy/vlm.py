@@ -20,6 +20,7 @@ from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from dexvla.policy.tokenizer import load_tiny_tokenizer
+from dexvla.schema import check_known_fields
 
 ANSWER_SUFFIX = "Next action:"
 IGNORE_INDEX = -100
@@ -67,6 +68,7 @@ class VLMConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VLMConfig:
+        check_known_fields(cls, data)
         data = dict(data)
         data["image_size"] = tuple(data["image_size"])
         return cls(**data)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from dexvla.io import atomic_write_text
+from dexvla.schema import check_known_fields
 
 Schedule = Literal["constant", "cosine"]
 Precision = Literal["no", "bf16"]
@@ -91,13 +92,6 @@ def parse_size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW (e.g. 84x84), got {text!r}") from None
     return height, width
-
-
-def check_known_fields(config_cls: type, data: dict[str, Any]) -> None:
-    """Refuse keys that are no field of `config_cls` (a typo is an error, not ignored)."""
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(config_cls)})
-    if unknown:
-        raise ValueError(f"unknown {config_cls.__name__} fields: {unknown}")
 
 
 class ConfigMismatchError(ValueError):

@@ -25,9 +25,9 @@ from dexvla.policy.configuration import (
     expert_heads,
     get_policy_preset,
 )
+from dexvla.schema import check_known_fields
 from dexvla.train.config import (
     TrainConfig,
-    check_known_fields,
     flag,
     parse_floats,
     parse_names,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import pytest
 
@@ -68,3 +70,36 @@ def test_unknown_subcommand_is_refused(capsys: pytest.CaptureFixture[str]) -> No
         build_parser().parse_args(["no-such-command"])
     assert exit_info.value.code == 2
     assert "no-such-command" in capsys.readouterr().err
+
+
+def _help_lines(parser: argparse.ArgumentParser) -> dict[str, str]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {choice.dest: choice.help for choice in action._choices_actions}
+
+
+def test_stand_in_help_lines_match_the_registered_ones() -> None:
+    assert _help_lines(build_parser("")) == _help_lines(build_parser())
+
+
+def test_help_imports_no_command_module() -> None:
+    code = (
+        "import sys\n"
+        "from dexvla.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code == 0\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'dexvla.train') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "benchmark" in out.stdout
+
+
+def test_one_command_registers_its_module_only(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser("tasks").parse_args(["tasks", "--help"])
+    assert "--featured" in capsys.readouterr().out
+    stand_in = _subparser(build_parser("tasks"), ("train",))
+    assert not {"--stage", "--preset"} & {o for a in stand_in._actions for o in a.option_strings}

@@ -25,6 +25,9 @@ from dexvla.train import (
 )
 from dexvla.train import checkpoint as checkpoint_module
 from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE
+from dexvla.train.distributed import mixed_precision
+from dexvla.train.engine import PREFETCH_FACTOR
+from dexvla.train.metrics import MetricWindow
 from dexvla.train.optim import EMA
 from dexvla.train.tensors import load_tensors, save_tensors
 
@@ -329,3 +332,66 @@ def test_ema_warms_up_then_holds_its_decay() -> None:
         expected = decay * expected + (1 - decay) * model.weight.detach()
     torch.testing.assert_close(ema.state_dict()["weight"], expected)
     assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(1000) == 0.9
+
+
+def test_metric_window_sums_tensors_and_floats_and_reads_once() -> None:
+    window = MetricWindow()
+    window.add({"loss": torch.tensor(1.0), "mae": 0.5})
+    window.add({"loss": torch.tensor(3.0), "extra": torch.tensor(4.0)})
+    assert isinstance(window.sums["loss"], torch.Tensor)  # summed on the device, not read
+    assert window.means() == {"loss": 2.0, "mae": 0.5, "extra": 4.0}
+    assert window.steps == 2
+
+
+def test_fsdp_mixed_precision_policy() -> None:
+    bf16 = mixed_precision("bf16", torch.device("cuda", 0))  # a policy object: no GPU needed
+    assert (bf16.param_dtype, bf16.reduce_dtype) == (torch.bfloat16, torch.float32)
+    for precision, device in (("bf16", "cpu"), ("no", "cuda")):
+        policy = mixed_precision(precision, torch.device(device))
+        assert (policy.param_dtype, policy.reduce_dtype) == (torch.float32, torch.float32)
+
+
+def test_format_1_checkpoints_still_resume(tmp_path: Path) -> None:
+    config = fast_config(steps=4, save_every=2, ema=0.9)
+    Trainer(make_policy(), ToyDataset(), config, tmp_path / "a").train()
+    straight = Trainer(make_policy(), ToyDataset(), fast_config(steps=6, ema=0.9), tmp_path / "b")
+    straight.train()
+    ckpt = tmp_path / "a" / "checkpoints" / "step-000004"
+    manifest = json.loads((ckpt / MANIFEST_FILE).read_text())
+    del manifest["layout"]  # as written before the sharded layout existed
+    (ckpt / MANIFEST_FILE).write_text(json.dumps({**manifest, "format": 1}))
+    longer = fast_config(steps=6, save_every=2, ema=0.9)
+    resumed = Trainer(make_policy(seed=3), ToyDataset(), longer, tmp_path / "a", resume=True)
+    resumed.train()
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, msg=key)
+    (ckpt / MANIFEST_FILE).write_text(json.dumps({**manifest, "format": 9}))
+    assert latest_checkpoint(tmp_path / "a" / "checkpoints") == ckpt.parent / "step-000006"
+    assert checkpoint_module.checkpoint_problem(ckpt) == "unknown format 9"
+
+
+def test_loader_workers_persist_and_prefetch(tmp_path: Path) -> None:
+    trainer = Trainer(make_policy(), ToyDataset(), fast_config(steps=2, num_workers=1), tmp_path)
+    loader = trainer.loader()
+    assert loader.persistent_workers and loader.prefetch_factor == PREFETCH_FACTOR
+    assert not loader.pin_memory  # CPU: nothing to pin for
+    trainer.train()
+    assert trainer.model.seen_ids
+
+
+def test_assign_loading_into_an_empty_model_reties_tied_weights(tmp_path: Path) -> None:
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.head = torch.nn.Linear(4, 10, bias=False)
+            self.head.weight = self.embed.weight
+
+    model = Tied()
+    save_tensors(model.state_dict(), tmp_path / "m.safetensors")
+    with torch.device("meta"):
+        empty = Tied()
+    empty.head.weight = torch.nn.Parameter(torch.empty(10, 4, device="meta"))  # tie lost
+    load_model_weights(empty, tmp_path / "m.safetensors", assign=True)
+    assert empty.head.weight is empty.embed.weight
+    assert torch.equal(empty.embed.weight, model.embed.weight)

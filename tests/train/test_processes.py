@@ -1,9 +1,11 @@
-"""The engine across processes: crash-safety under SIGKILL, and DDP/FSDP equivalence."""
+"""The engine across processes: crash-safety under SIGKILL, DDP/FSDP equivalence, the wrapping
+choices, sharded checkpoints and who reads what on resume."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import signal
 import socket
@@ -17,6 +19,8 @@ import torch
 from train_toy import ToyDataset, make_policy
 
 from dexvla.train import TrainConfig, Trainer, latest_checkpoint, read_metrics
+from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE
+from dexvla.train.shards import read_full_tensors
 from dexvla.train.tensors import load_tensors
 
 HERE = Path(__file__).parent
@@ -101,12 +105,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         log_every=2,
         tensorboard=False,
     )
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-        str(HERE / "ddp_worker.py"), str(tmp_path / "multi"), config.to_json(), "6", "ddp", "fsdp",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = _torchrun("ddp_worker.py", str(tmp_path / "multi"), config.to_json(), "6", "ddp", "fsdp")
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     single = tmp_path / "single"
@@ -119,7 +118,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     ):
         want = load_tensors(single / "checkpoints" / f"step-{step:06d}" / f"{name}.safetensors")
         ckpt = tmp_path / "multi" / strategy / "checkpoints" / f"step-{step:06d}"
-        got = load_tensors(ckpt / f"{name}.safetensors")
+        got = read_full_tensors(ckpt, name)  # FSDP: each rank's shards, assembled
         assert got.keys() == want.keys(), (strategy, name)
         for key in want:
             msg = f"{strategy} step {step} {name} {key}"
@@ -141,3 +140,59 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert from_multi.model.seen_ids == from_single.model.seen_ids
     for key, value in from_single.model.state_dict().items():
         torch.testing.assert_close(from_multi.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)
+
+
+def _torchrun(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(HERE / script), *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_wrapping_choices_and_who_reads_on_resume(tmp_path: Path) -> None:
+    config = TrainConfig(
+        steps=2, batch_size=8, lr=1e-2, ema=0.9, save_every=2, log_every=1, tensorboard=False
+    )
+    proc = _torchrun("dist_checks.py", str(tmp_path), config.to_json())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank, report in enumerate(ranks):
+        # DDP: find_unused_parameters only for the model that leaves a head unused.
+        assert report["ddp"]["all_used_find_unused"] is False
+        assert report["ddp"]["find_unused"] is True
+        assert report["ddp"]["bucket_view"] is True
+        # FSDP2: the frozen layer stays whole on every rank, the trainable ones are sharded.
+        assert report["fsdp"]["frozen_is_dtensor"] is False
+        assert report["fsdp"]["trainable_are_dtensors"] is True
+        # Resume: rank 0 alone reads a full checkpoint; each rank reads its own shards.
+        full = ["ema.safetensors", "model.safetensors", "optimizer.safetensors"]
+        assert report["ddp"]["resume_reads"] == (full if rank == 0 else [])
+        own = [f"{name}-rank{rank}.safetensors" for name in ("ema", "model", "optimizer")]
+        assert report["fsdp"]["resume_reads"] == own
+    ckpt = tmp_path / "fsdp" / "checkpoints" / "step-000002"
+    assert json.loads((ckpt / MANIFEST_FILE).read_text())["layout"] == "sharded"
+    assert not (ckpt / MODEL_FILE).exists() and (ckpt / "model-rank1.safetensors").is_file()
+
+    # Each run equals one process's (the all-used model's, DDP without find_unused; the
+    # others after their resumed steps).
+    single = Trainer(make_policy(unused_head=False), ToyDataset(), config, tmp_path / "one")
+    single.train()
+    got = read_full_tensors(tmp_path / "all_used" / "checkpoints" / "step-000002", "model")
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    longer = dataclasses.replace(config, steps=4)
+    straight = Trainer(make_policy(), ToyDataset(), longer, tmp_path / "straight")
+    straight.train()
+    for run in ("ddp", "fsdp"):
+        got = read_full_tensors(tmp_path / run / "checkpoints" / "step-000004", "model")
+        for key, value in straight.model.state_dict().items():
+            torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=f"{run} {key}")
+    # A sharded checkpoint resumes on one process too (its shards assembled).
+    from_fsdp = Trainer(
+        make_policy(seed=1), ToyDataset(), longer, tmp_path / "from_fsdp", resume=ckpt
+    )
+    from_fsdp.train()
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(from_fsdp.model.state_dict()[key], value, rtol=1e-5, atol=1e-6)

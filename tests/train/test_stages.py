@@ -153,6 +153,19 @@ def test_flags_override_the_preset_fields_they_are_declared_on(capsys):
     assert printed == expected
 
 
+def test_vlm_path_replaces_the_presets_pretrained_id(tmp_path, capsys):
+    config = get_stage_preset("2b-stage2").replace(vlm_path=str(tmp_path))
+    assert config.policy_config().vlm.pretrained == str(tmp_path)
+    assert get_stage_preset("2b-stage2").policy_config().vlm.pretrained != str(tmp_path)
+    with pytest.raises(ValueError, match=r"vlm_path .*missing is not a directory"):
+        get_stage_preset("2b-stage2").replace(vlm_path=str(tmp_path / "missing"))
+    assert main(["train", "--stage", "2", "--preset", "2b-stage2", "--data", "x", "--out", "y",
+                 "--vlm-path", str(tmp_path), "--print-config"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["vlm_path"] == str(tmp_path)
+    assert get_stage_preset("2b-stage2").train.num_workers >= 1  # the 2b presets load in workers
+    assert get_stage_preset("tiny-stage2").train.num_workers == 0  # measured: docs/training.md
+
+
 def test_unknown_preset_lists_known_ones():
     with pytest.raises(KeyError, match="tiny-stage1"):
         get_stage_preset("tiny-stage9")

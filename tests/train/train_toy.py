@@ -2,7 +2,8 @@
 
 The policy follows the project's API, `forward(batch) -> (loss, metrics)`. It has a frozen
 layer (the trainer must leave it alone); a trainable head it never uses (like the output heads
-of embodiments absent from a batch: no gradient, so no optimiser state); optional target noise
+of embodiments absent from a batch: no gradient, so no optimiser state; optional); metrics as
+0-d tensors, as `DexVLAPolicy` returns them; optional target noise
 drawn from torch's global RNG (so exact resumption needs the RNG state); and it records the
 sample ids it was fed (so tests can compare data order).
 """
@@ -33,14 +34,14 @@ class ToyDataset(Dataset):
 class ToyPolicy(nn.Module):
     """MLP regressor behind a frozen linear layer."""
 
-    def __init__(self, noise: float = 0.0, hidden: int = 16) -> None:
+    def __init__(self, noise: float = 0.0, hidden: int = 16, unused_head: bool = True) -> None:
         super().__init__()
         self.frozen = nn.Linear(4, 4)
         self.frozen.requires_grad_(False)
         self.net = nn.Sequential(
             nn.Linear(4, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, 2)
         )
-        self.unused_head = nn.Linear(hidden, 2)
+        self.unused_head = nn.Linear(hidden, 2) if unused_head else None
         self.noise = noise
         self.seen_ids: list[int] = []
 
@@ -51,10 +52,10 @@ class ToyPolicy(nn.Module):
         if self.noise:
             target = target + self.noise * torch.randn_like(target)
         loss = nn.functional.mse_loss(pred, target)
-        return loss, {"mae": float((pred.detach() - batch["y"]).abs().mean())}
+        return loss, {"mae": (pred.detach() - batch["y"]).abs().mean()}  # a 0-d tensor
 
 
-def make_policy(noise: float = 0.0, seed: int = 0) -> ToyPolicy:
-    """A policy with weights fixed by `seed`."""
+def make_policy(noise: float = 0.0, seed: int = 0, unused_head: bool = True) -> ToyPolicy:
+    """A policy with weights fixed by `seed` (`unused_head=False`: every parameter trains)."""
     torch.manual_seed(seed)
-    return ToyPolicy(noise)
+    return ToyPolicy(noise, unused_head=unused_head)

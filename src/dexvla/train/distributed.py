@@ -1,7 +1,7 @@
 """Multi-process training on plain `torch.distributed`: process group, wrapping, data sharding.
 
-Why not `accelerate`: the engine needs three things it would hide — full (unsharded) state
-dicts gathered for safetensors checkpoints (`torch.distributed.checkpoint.state_dict` does this
+Why not `accelerate`: the engine needs three things it would hide — state dicts, full or
+sharded, for its pickle-free checkpoints (`torch.distributed.checkpoint.state_dict` gives them
 for plain, DDP and FSDP2 modules alike), a sampler whose position is part of the checkpoint, and
 a CPU/gloo path tested here. Launch with `torchrun`; the env vars it sets (RANK, WORLD_SIZE,
 LOCAL_RANK, MASTER_ADDR, MASTER_PORT) are all this module reads.
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
@@ -86,6 +87,37 @@ def all_gather_objects(obj: Any) -> list[Any]:
     return out
 
 
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every process (`obj` itself when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_tensors(
+    tensors: dict[str, torch.Tensor] | None, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Rank 0's tensors on every process, one at a time (only rank 0 read them from disk)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        assert tensors is not None
+        return tensors
+    shapes = broadcast_object(
+        {k: (tuple(v.shape), v.dtype) for k, v in tensors.items()} if tensors is not None else None
+    )
+    out = {}
+    for key, (shape, dtype) in shapes.items():
+        if dist.get_rank() == 0:
+            assert tensors is not None
+            value = tensors[key].to(device)
+        else:
+            value = torch.empty(shape, dtype=dtype, device=device)
+        dist.broadcast(value, src=0)
+        out[key] = value
+    return out
+
+
 def mean_metrics(metrics: dict[str, float]) -> dict[str, float]:
     """Average each metric over the processes that report it (for logging only)."""
     gathered = all_gather_objects(metrics)
@@ -94,41 +126,70 @@ def mean_metrics(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def broadcast_module(module: nn.Module) -> None:
-    """Copy rank 0's parameters and buffers to every process (FSDP shards each rank's copy)."""
+    """Copy rank 0's parameters and buffers to every process (before wrapping: FSDP shards,
+    and the DDP probe trains, whatever each rank holds)."""
     if dist.is_available() and dist.is_initialized():
         with torch.no_grad():
             for tensor in module.state_dict().values():
                 dist.broadcast(tensor, src=0)
 
 
-def wrap_model(
-    model: nn.Module,
-    strategy: str,
-    device: torch.device,
-    info: DistInfo,
-    find_unused_parameters: bool = True,
-) -> nn.Module:
-    """Wrap for data-parallel training; the module itself when there is one process.
+def mixed_precision(precision: str, device: torch.device) -> MixedPrecisionPolicy:
+    """FSDP2's policy: bf16 compute copies and fp32 gradient reduction for `precision="bf16"`
+    on CUDA; fp32 everywhere else (the same code path, as CPU runs and the tests take it)."""
+    if precision == "bf16" and device.type == "cuda":
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
 
-    DDP: `find_unused_parameters` defaults to True because policies with one output head per
-    embodiment leave the other heads without gradients in every batch. FSDP2 (`fully_shard`):
-    submodules the model lists in `fsdp_wrap_modules()` (e.g. transformer blocks) are sharded
-    one by one, then the root, so only one block's full weights live at a time.
+
+def shard_model(model: nn.Module, policy: MixedPrecisionPolicy) -> nn.Module:
+    """FSDP2 (`fully_shard`) with frozen parameters left out of every group.
+
+    The model's `fsdp_wrap_modules()` (e.g. transformer blocks) are sharded one by one, then
+    the root, so only one block's full weights live at a time. Frozen parameters (a frozen
+    vision tower, LoRA's base weights) stay whole on every rank: they are never all-gathered
+    nor reduced, and a block with nothing to train is not a group at all.
     """
-    if not info.enabled:
-        return model
-    if strategy == "ddp":
-        ids = [device.index] if device.type == "cuda" else None
-        return DistributedDataParallel(
-            model, device_ids=ids, find_unused_parameters=find_unused_parameters
-        )
-    from torch.distributed.fsdp import fully_shard
-
-    broadcast_module(model)  # DDP does this itself; FSDP shards whatever each rank holds
+    broadcast_module(model)
+    frozen = {p for p in model.parameters() if not p.requires_grad}
     for sub in getattr(model, "fsdp_wrap_modules", list)():
-        fully_shard(sub)
-    fully_shard(model)
+        if any(p.requires_grad for p in sub.parameters()):
+            fully_shard(sub, mp_policy=policy, ignored_params=frozen)
+    fully_shard(model, mp_policy=policy, ignored_params=frozen)
     return model
+
+
+def wrap_ddp(model: nn.Module, device: torch.device, find_unused_parameters: bool) -> nn.Module:
+    """DDP with gradients as views of the all-reduce buckets (no copy in and out)."""
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+        gradient_as_bucket_view=True,
+    )
+
+
+@torch.no_grad()
+def average_gradients(params: Sequence[nn.Parameter]) -> bool:
+    """Average gradients over the processes by hand, as DDP would; True when every process
+    gave every parameter a gradient (so DDP can skip `find_unused_parameters`).
+
+    A parameter without a gradient on every process keeps none (no optimiser state, as under
+    DDP); one with a gradient somewhere counts as zero where it has none.
+    """
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32)
+    everywhere, anywhere = used.clone(), used.clone()
+    dist.all_reduce(everywhere, op=dist.ReduceOp.MIN)
+    dist.all_reduce(anywhere, op=dist.ReduceOp.MAX)
+    world = dist.get_world_size()
+    for param, some in zip(params, anywhere.tolist(), strict=True):
+        if not some:
+            continue
+        if param.grad is None:
+            param.grad = torch.zeros_like(param)
+        dist.all_reduce(param.grad)
+        param.grad.div_(world)
+    return bool(everywhere.all())
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

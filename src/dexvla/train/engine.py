@@ -1,7 +1,8 @@
 """The generic training loop for any `nn.Module` with `forward(batch) -> (loss, metrics)`.
 
 The trainer optimises the parameters with `requires_grad` and nothing else: which parts of a
-model are frozen is decided by whoever builds the model (the stage code), not here.
+model are frozen is decided by whoever builds the model (the stage code), not here. Metrics
+may be floats or 0-d tensors; tensors are summed on the device and read once per log.
 """
 
 from __future__ import annotations
@@ -34,18 +35,23 @@ from dexvla.train.config import TrainConfig
 from dexvla.train.distributed import (
     DistInfo,
     ResumableBatchSampler,
+    average_gradients,
     barrier,
+    broadcast_module,
     gradient_sync,
     init_distributed,
     mean_metrics,
-    wrap_model,
+    mixed_precision,
+    shard_model,
+    wrap_ddp,
 )
-from dexvla.train.metrics import LOSS_CURVE_FILE, MetricsLogger, plot_loss_curve
+from dexvla.train.metrics import LOSS_CURVE_FILE, MetricsLogger, MetricWindow, plot_loss_curve
 from dexvla.train.optim import EMA, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+PREFETCH_FACTOR = 4  # batches each loader worker prepares ahead (video decoding is uneven)
 
 # Builds this process's sampler of micro-batches (lists of dataset indices) from the dataset,
 # the config, the process's rank info and the optimiser step to start at.
@@ -99,8 +105,8 @@ class Trainer:
 
     `model(batch)` must return `(loss, metrics)` with a scalar loss averaged over the batch's
     samples (so that gradient accumulation and data parallelism average correctly) and a dict
-    of float metrics. Outputs: `checkpoints/step-XXXXXX/`, `metrics.jsonl`, `tensorboard/`,
-    `loss_curve.png`, `config.json`.
+    of metrics (floats or detached 0-d tensors). Outputs: `checkpoints/step-XXXXXX/`,
+    `metrics.jsonl`, `tensorboard/`, `loss_curve.png`, `config.json`.
 
     `resume`: False starts fresh (and refuses an `out_dir` that already holds checkpoints);
     True continues from the newest complete checkpoint in `out_dir` (fresh when none); a path
@@ -109,6 +115,11 @@ class Trainer:
     must cut every global batch the same way for any number of processes. Launched by
     `torchrun` with several processes, the trainer joins the process group itself and wraps
     the model for DDP or FSDP (`config.strategy`).
+
+    DDP wraps after the first optimiser step, which runs unwrapped with its gradients averaged
+    by hand: whether every process gave every trainable parameter a gradient decides
+    `find_unused_parameters` (needed only by models that leave some unused, like the heads of
+    the embodiments absent from a batch; it costs a graph traversal every step).
     """
 
     def __init__(
@@ -148,11 +159,22 @@ class Trainer:
             else:
                 enable()
         self.model = model.to(self.device)
-        self.wrapped = wrap_model(self.model, config.strategy, self.device, self.info)
+        self.ddp_pending = self.info.enabled and config.strategy == "ddp"
+        self.wrapped = self._wrap()
         self.optimizer = build_optimizer(self.wrapped, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.ema = EMA(self.model, config.ema) if config.ema is not None else None
         self.step = 0
+
+    def _wrap(self) -> nn.Module:
+        """FSDP2 shards now; DDP waits for the first step (`ddp_pending`)."""
+        if not self.info.enabled:
+            return self.model
+        if self.config.strategy == "fsdp":
+            precision = mixed_precision(self.config.precision, self.device)
+            return shard_model(self.model, precision)
+        broadcast_module(self.model)  # as DDP would: every rank starts from rank 0's weights
+        return self.model
 
     def _autocast_dtype(self) -> torch.dtype | None:
         if self.config.precision != "bf16":
@@ -181,36 +203,37 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         check_resume_config(path, self.config)
-        state, ema_state = load_checkpoint(
+        state = load_checkpoint(
             path,
             model=self.wrapped,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             info=self.info,
             device=self.device,
+            ema=self.ema,
         )
-        if self.ema is not None:
-            if ema_state is None:
-                raise ValueError(f"{path} has no EMA weights but the config asks for EMA")
-            self.ema.load_state_dict(ema_state)
         self.step = int(state["step"])
         if state["world_size"] != self.info.world_size:
             seed_everything(self.config.seed + self.info.rank + 7919 * self.step)
         log.info("resumed from %s at step %d", path, self.step)
 
-    def _loader(self) -> Iterator[Any]:
+    def loader(self) -> DataLoader:
+        """The data loader from the current step: workers persist and prefetch, memory is
+        pinned on CUDA."""
         sampler = self.batch_sampler(self.dataset, self.config, self.info, self.step)
         worker_seed = np.random.SeedSequence([self.config.seed, self.info.rank, self.step])
         generator = torch.Generator().manual_seed(int(worker_seed.generate_state(1)[0]))
-        loader = DataLoader(
+        workers = self.config.num_workers
+        return DataLoader(
             self.dataset,
             batch_sampler=sampler,
             collate_fn=self.collate_fn,
-            num_workers=self.config.num_workers,
+            num_workers=workers,
             generator=generator,
             pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=PREFETCH_FACTOR if workers > 0 else None,
         )
-        return iter(loader)
 
     def save(self) -> Path:
         """Checkpoint the current step (every rank must call this)."""
@@ -224,16 +247,17 @@ class Trainer:
             trainer_state={"samples_seen": self.step * self.config.batch_size},
             info=self.info,
             device=self.device,
-            ema_state=self.ema.state_dict() if self.ema is not None else None,
+            ema=self.ema,
             keep_last=self.config.keep_last,
             on_save=self.on_save,
         )
 
-    def _train_step(self, batches: Iterator[Any]) -> tuple[torch.Tensor, dict[str, float], float]:
-        """One optimiser step over `grad_accum` micro-batches: (loss, metrics, grad norm)."""
+    def _train_step(self, batches: Iterator[Any]) -> dict[str, torch.Tensor | float]:
+        """One optimiser step over `grad_accum` micro-batches: its metrics, loss and grad norm
+        included, as they come (tensors are not read here)."""
         accum = self.config.grad_accum
         loss_sum = torch.zeros((), device=self.device)
-        metric_sums: dict[str, float] = {}
+        metric_sums: dict[str, torch.Tensor | float] = {}
         for micro in range(accum):
             batch = move_to_device(next(batches), self.device)
             with gradient_sync(self.wrapped, micro == accum - 1), self._autocast():
@@ -241,11 +265,10 @@ class Trainer:
                 (loss / accum).backward()
             loss_sum += loss.detach().float()
             for key, value in metrics.items():
-                metric_sums[key] = metric_sums.get(key, 0.0) + float(value) / accum
-        loss = loss_sum / accum
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
+                value = value.detach() if torch.is_tensor(value) else float(value)
+                metric_sums[key] = metric_sums.get(key, 0.0) + value / accum
         params = [p for p in self.wrapped.parameters() if p.requires_grad]
+        every_used = average_gradients(params) if self.ddp_pending else True
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if isinstance(norm, DTensor):
@@ -255,7 +278,11 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model, self.step + 1)
-        return loss, metric_sums, float(norm)
+        if self.ddp_pending:
+            self.wrapped = wrap_ddp(self.model, self.device, find_unused_parameters=not every_used)
+            self.ddp_pending = False
+            log.info("DDP with find_unused_parameters=%s", not every_used)
+        return {**metric_sums, "loss": loss_sum / accum, "grad_norm": norm.detach()}
 
     def train(self) -> TrainResult:
         """Run (or continue) training to `config.steps`; returns where it stopped."""
@@ -274,20 +301,19 @@ class Trainer:
         last_ckpt = resume_from
         last_metrics: dict[str, float] = {}
         self.wrapped.train()
-        batches = self._loader()
+        batches = iter(self.loader())
         bar = tqdm(
             total=config.steps,
             initial=self.step,
             disable=None if info.is_main else True,
             dynamic_ncols=True,
         )
-        window: list[tuple[float, dict[str, float], float]] = []
+        window = MetricWindow()
         tick = time.perf_counter()
         try:
             while self.step < config.steps:
-                loss, metrics, grad_norm = self._train_step(batches)
+                window.add(self._train_step(batches))
                 self.step += 1
-                window.append((float(loss), metrics, grad_norm))
                 bar.update(1)
                 if self.step % config.log_every == 0 or self.step == config.steps:
                     elapsed = time.perf_counter() - tick
@@ -298,8 +324,9 @@ class Trainer:
                         lr=f"{last_metrics['lr']:.2e}",
                         samples_s=f"{last_metrics['samples_per_s']:.1f}",
                     )
-                    window, tick = [], time.perf_counter()
+                    window, tick = MetricWindow(), time.perf_counter()
                 if self.step % config.save_every == 0 or self.step == config.steps:
+                    self._check_finite(window)
                     last_ckpt = self.save()
         finally:
             bar.close()
@@ -310,17 +337,19 @@ class Trainer:
         self.close()
         return TrainResult(self.step, last_ckpt, last_metrics)
 
-    def _window_metrics(
-        self, window: list[tuple[float, dict[str, float], float]], elapsed: float
-    ) -> dict[str, float]:
-        """Average the window's steps, then the processes (rank 0 logs the result)."""
-        keys = sorted({k for _, m, _ in window for k in m})
-        local = {k: float(np.mean([m[k] for _, m, _ in window if k in m])) for k in keys}
-        local["loss"] = float(np.mean([loss for loss, _, _ in window]))
-        local["grad_norm"] = float(np.mean([g for _, _, g in window]))
-        out = mean_metrics(local)
+    def _check_finite(self, window: MetricWindow) -> None:
+        """Refuse to go on (or save) after a non-finite loss in the window's steps."""
+        loss = window.means().get("loss", 0.0) if window.steps else 0.0
+        if not math.isfinite(loss):
+            first = self.step - window.steps + 1
+            raise FloatingPointError(f"non-finite loss {loss} in steps {first}..{self.step}")
+
+    def _window_metrics(self, window: MetricWindow, elapsed: float) -> dict[str, float]:
+        """Average the window's steps (one device sync), then the processes (rank 0 logs)."""
+        self._check_finite(window)
+        out = mean_metrics(window.means())
         out["lr"] = self.scheduler.get_last_lr()[0]
-        out["samples_per_s"] = len(window) * self.config.batch_size / max(elapsed, 1e-9)
+        out["samples_per_s"] = window.steps * self.config.batch_size / max(elapsed, 1e-9)
         return out
 
     def close(self) -> None:

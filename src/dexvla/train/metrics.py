@@ -1,5 +1,8 @@
 """Training metrics: a JSONL file, TensorBoard scalars and a loss-curve PNG.
 
+`MetricWindow` sums each step's metrics as they come (0-d tensors stay on the device) and
+reads them once per log: one device sync per `log_every` steps, not one per metric per step.
+
 Only rank 0 creates a `MetricsLogger` with `enabled=True`; the others get a silent one, so the
 loop can log unconditionally. `metrics.jsonl` is an append-only log (each record flushed and
 fsynced as it is written); rewriting it on resume and drawing the PNG go through `dexvla.io`'s
@@ -11,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dexvla.io import atomic_write, atomic_write_text
 
@@ -21,6 +27,34 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 TENSORBOARD_DIR = "tensorboard"
+
+
+class MetricWindow:
+    """Running sums of per-step metrics (0-d tensors or floats) between two logs."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+
+    def add(self, metrics: Mapping[str, torch.Tensor | float]) -> None:
+        """Add one step's metrics, without reading a tensor (no device sync)."""
+        for key, value in metrics.items():
+            value = value.detach().float() if torch.is_tensor(value) else float(value)
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.counts[key] = self.counts.get(key, 0) + 1
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        """Each metric's mean over the steps that reported it: all tensors read at once."""
+        tensors = {k: v for k, v in self.sums.items() if torch.is_tensor(v)}
+        read: dict[str, float] = {}
+        if tensors:
+            device = next(iter(tensors.values())).device
+            values = torch.stack([v.to(device) for v in tensors.values()]).tolist()
+            read = dict(zip(tensors, values, strict=True))
+        total = {k: read[k] if k in read else float(v) for k, v in self.sums.items()}
+        return {k: v / self.counts[k] for k, v in total.items()}
 
 
 class MetricsLogger:

@@ -88,13 +88,14 @@ class EMA:
         }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load full tensors, re-sharding them like the live shadow when it is a DTensor."""
+        """Load full tensors (re-sharded like the live shadow when it is a DTensor) or DTensors
+        sharded like it."""
         if set(state) != set(self.shadow):
             missing, extra = set(self.shadow) - set(state), set(state) - set(self.shadow)
             raise KeyError(f"EMA state mismatch: missing {sorted(missing)}, extra {sorted(extra)}")
         for name, shadow in self.shadow.items():
             value = state[name].float()
-            if isinstance(shadow, DTensor):
+            if isinstance(shadow, DTensor) and not isinstance(value, DTensor):
                 value = distribute_tensor(
                     value.to(shadow.device), shadow.device_mesh, shadow.placements
                 )

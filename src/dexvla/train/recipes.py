@@ -15,7 +15,9 @@ options); its `option` fields are also `dexvla train` flags. `STAGE_PRESETS` nam
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from dexvla.embodiments import get_embodiment
@@ -88,8 +90,9 @@ class StageConfig:
     mixture (None: proportional to their frame counts). `freeze_vision` freezes the Qwen2-VL
     vision tower (the paper's stage 2); `llm` trains the language model fully, freezes it, or
     trains LoRA adapters (`lora_*`) on `lora_targets`. `llm_loss_weight`, `use_reasoning` and
-    `noise_samples` go into the policy config. Stage 1 ignores the VLM options: it never runs
-    the VLM.
+    `noise_samples` go into the policy config. `vlm_path` replaces the VLM preset's
+    `pretrained` hub id with a local directory (a stage-3 run takes its VLM from `--init`).
+    Stage 1 ignores the VLM options but `vlm_path`: it never runs the VLM, only its encoders.
     """
 
     name: str
@@ -124,6 +127,13 @@ class StageConfig:
         default=True,
         metadata=flag(
             name="--no-reasoning", action="store_false", help="ablation without sub-step reasoning"
+        ),
+    )
+    vlm_path: str | None = field(
+        default=None,
+        metadata=flag(
+            help="a local Qwen2-VL directory used instead of the VLM preset's pretrained hub id "
+            "(offline clusters)"
         ),
     )
     noise_samples: int = field(
@@ -167,6 +177,8 @@ class StageConfig:
             not self.data_weights or any(w <= 0 for w in self.data_weights)
         ):
             errors.append(f"data_weights must be positive numbers, got {self.data_weights}")
+        if self.vlm_path is not None and not Path(self.vlm_path).is_dir():
+            errors.append(f"vlm_path {self.vlm_path} is not a directory")
         if self.llm_loss_weight < 0:
             errors.append(f"llm_loss_weight must be >= 0, got {self.llm_loss_weight}")
         for name in self.embodiments or ():
@@ -189,6 +201,8 @@ class StageConfig:
         vlm, expert = config.vlm, config.expert
         if self.image_size is not None:
             vlm = dataclasses.replace(vlm, image_size=self.image_size)
+        if self.vlm_path is not None:
+            vlm = dataclasses.replace(vlm, pretrained=self.vlm_path)
         if self.embodiments is not None:
             expert = dataclasses.replace(expert, embodiments=expert_heads(self.embodiments))
         return config.replace(vlm=vlm, expert=expert, **self.loss_options())
@@ -257,6 +271,10 @@ def _tiny(stage: int, **options: Any) -> StageConfig:
     )
 
 
+# Loader workers of the 2b presets: one core stays with the training process.
+WORKERS_2B = min(8, (os.cpu_count() or 2) - 1)
+
+
 def _dexvla_2b(stage: int, train: TrainConfig, **options: Any) -> StageConfig:
     return StageConfig(
         name=f"2b-stage{stage}", stage=stage, policy="dexvla-2b", train=train, **options
@@ -274,6 +292,7 @@ _PAPER = dict(
     gradient_checkpointing=True,
     save_every=5000,
     log_every=50,
+    num_workers=WORKERS_2B,
 )
 STAGE_PRESETS: dict[str, StageConfig] = {
     "tiny-stage1": _tiny(1),
@@ -290,6 +309,7 @@ STAGE_PRESETS: dict[str, StageConfig] = {
             precision="bf16",
             save_every=5000,
             log_every=50,
+            num_workers=WORKERS_2B,
         ),
         embodiments=("aloha", "sawyer", "hand"),
     ),

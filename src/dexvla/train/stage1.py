@@ -246,6 +246,6 @@ def load_stage1_expert(policy: DexVLAPolicy, directory: Path) -> list[str]:
     """Load a stage-1 artefact's expert into `policy.expert` strictly; return dropped keys."""
     _, state = read_stage1(directory)
     mapped, dropped = map_stage1_state(state, policy.expert)
-    policy.expert.load_state_dict(mapped, strict=True)
+    policy.expert.load_state_dict(mapped, strict=True, assign=True)  # the read tensors, no copy
     log.info("stage-1 expert loaded from %s; dropped by name: %s", directory, dropped)
     return dropped

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from accelerate import init_empty_weights
 from peft.tuners.lora import LoraModel
 from torch import nn
 
@@ -22,6 +23,7 @@ from dexvla.policy.checkpoint import STATS_NAME, PolicyCheckpoint, read_policy_c
 from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
+from dexvla.policy.vlm import Qwen2VL, load_tokenizer
 from dexvla.train.checkpoint import latest_checkpoint, load_model_weights
 from dexvla.train.engine import CHECKPOINTS_DIR, Trainer
 from dexvla.train.freezing import apply_freezing, merge_lora, trainable_parameters
@@ -70,11 +72,22 @@ def check_continued_overrides(config: StageConfig, policy: PolicyConfig, init: P
         )
 
 
-def continued_policy(config: StageConfig, data: StageData, init: Path | None) -> DexVLAPolicy:
-    """The `--init` policy with this stage's loss options and the data's statistics."""
+def continued_policy(
+    config: StageConfig, data: StageData, init: Path | None, weights: bool = True
+) -> DexVLAPolicy:
+    """The `--init` policy with this stage's loss options and the data's statistics (without
+    its weights, `weights=False`: its architecture only, built as the caller's context says)."""
     if init is None:
         raise ValueError(config.recipe.without_init)
-    policy = DexVLAPolicy.from_pretrained(init)
+    if weights:
+        policy = DexVLAPolicy.from_pretrained(init)
+    else:
+        checkpoint = read_policy_checkpoint(init)
+        policy = DexVLAPolicy(
+            checkpoint.config,
+            tokenizer=load_tokenizer(checkpoint.config.vlm, checkpoint.tokenizer_dir),
+            vlm=Qwen2VL(checkpoint.vlm_architecture),
+        )
     policy.config = policy.config.replace(**config.loss_options())
     missing = [e for e in data.embodiments if e not in policy.config.embodiments]
     if missing:
@@ -87,21 +100,22 @@ def continued_policy(config: StageConfig, data: StageData, init: Path | None) ->
 
 
 def build_model(
-    config: StageConfig, data: StageData, init: Path | None
+    config: StageConfig, data: StageData, init: Path | None, weights: bool = True
 ) -> tuple[nn.Module, LoraModel | None]:
-    """The stage's model with its initial weights and frozen parts (and the LoRA tuner)."""
+    """The stage's model with its initial weights and frozen parts (and the LoRA tuner);
+    `weights=False` skips reading `--init`'s weights (they are about to be replaced)."""
     recipe = config.recipe
     if recipe.builds == "expert":
         return Stage1Policy(config.policy_config()), None
     if recipe.init == "policy":
-        policy = continued_policy(config, data, init)
+        policy = continued_policy(config, data, init, weights)
     else:
         policy_config = config.policy_config()
         processor = DexVLAProcessor(
             policy_config.vlm.image_size, policy_config.embodiments, data.stats
         )
         policy = DexVLAPolicy(policy_config, processor=processor)
-        if recipe.init == "expert" and init is not None:
+        if recipe.init == "expert" and init is not None and weights:
             load_stage1_expert(policy, init)
     policy.train()
     return policy, apply_freezing(policy, config)
@@ -118,7 +132,7 @@ def check_resume(out_dir: Path, config: StageConfig) -> None:
     diff = [
         f"{key}: saved {saved.get(key)!r} != now {mine[key]!r}"
         for key in sorted(mine)
-        if key not in ("train", "name") and saved.get(key) != mine[key]
+        if key not in ("train", "name", "vlm_path") and saved.get(key) != mine[key]
     ]
     if diff:
         raise ValueError(f"{out_dir} was trained with other stage options: {'; '.join(diff)}")
@@ -199,10 +213,13 @@ def export_final(
 ) -> Path:
     """Rebuild the stage's model on the CPU, load `checkpoint` (EMA when on), write `final`.
 
-    The checkpoint holds every weight: `--init` is needed only when it is the architecture.
+    The checkpoint holds every weight, so the model is built without any (parameters on
+    `meta`) and takes the checkpoint's tensors as they are read: one copy of the weights, not
+    two. `--init` is needed only when it is the architecture.
     """
-    model, tuner = build_model(config, data, init if config.recipe.init == "policy" else None)
-    load_model_weights(model, checkpoint, ema=config.train.ema is not None)
+    with init_empty_weights():  # buffers stay real: non-persistent ones are in no checkpoint
+        model, tuner = build_model(config, data, init, weights=False)
+    load_model_weights(model, checkpoint, ema=config.train.ema is not None, assign=True)
     model.eval()
     if isinstance(model, Stage1Policy):
         model.save_final(final, data.stats, config.to_dict())

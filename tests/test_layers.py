@@ -19,7 +19,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"embodiments"}),
     frozenset({"schema"}),
     frozenset({"io"}),
-    frozenset({"stats"}),
+    frozenset({"stats", "imaging"}),
     frozenset({"policy", "data", "runtime"}),
     frozenset({"sim"}),
     frozenset({"annotate", "train", "eval", "serve"}),

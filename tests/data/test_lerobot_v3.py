@@ -276,6 +276,9 @@ def test_reads_lerobot_written_layout(tmp_path, make_episode):
     frame = data.image(1, 3, "cam_high")
     assert frame.shape == (16, 16, 3) and abs(float(frame.mean()) - 160) < 8
     assert abs(float(data.images(0, "cam_high").mean()) - 60) < 8
+    full = iio.imread(tmp_path / "videos/observation.images.top/chunk-000/file-000.mp4")
+    np.testing.assert_array_equal(frame, full[10 + 3])  # episode 1 starts at 10 / fps seconds
+    np.testing.assert_array_equal(data.images(1, "cam_high"), full[10:20])
     assert read_tasks(tmp_path / "meta/tasks.parquet") == {0: "pick up the cube"}
 
 

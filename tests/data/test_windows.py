@@ -13,6 +13,7 @@ from dexvla.data.act_hdf5 import ActHdf5Dataset, write_act_episode
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer
 from dexvla.data.sampler import EmbodimentBatchSampler
 from dexvla.data.windows import ChunkWindows, MixtureDataset, collate_windows
+from dexvla.imaging import resize_images
 from dexvla.stats import DatasetStats, Normalizer
 
 
@@ -40,15 +41,29 @@ def test_windows_pad_at_episode_end(lerobot_dir, make_episode):
                                norm.normalize("observation.state", episode.state[4], "aloha"),
                                atol=1e-6)  # fmt: skip
     image = sample["observation.images.cam_high"]
-    assert image.shape == (3, 8, 10) and image.dtype == torch.float32
-    np.testing.assert_allclose(image.permute(1, 2, 0).numpy() * 255,
-                               episode.images["cam_high"][4], atol=1e-3)  # fmt: skip
+    assert image.shape == (3, 8, 10) and image.dtype == torch.uint8
+    np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), episode.images["cam_high"][4])
     assert (sample["task"], sample["substep"], sample["embodiment"]) == (
         "pick up the cube", "step 1 of episode 0", "aloha")  # fmt: skip
     zero = ChunkWindows(source, chunk_size=4, normalizer=norm, pad="zero")[5]
     assert zero["action_is_pad"].tolist() == [False, True, True, True]
     assert torch.all(zero["action"][1:] == 0)
     assert not windows[0]["action_is_pad"].any()
+
+
+def test_windows_resize_to_the_policy_size_as_the_policy_does(lerobot_dir, make_episode):
+    """uint8 frames at `image_size`, equal to the policy's float resize to the nearest 1/255."""
+    source = LeRobotV3Dataset(lerobot_dir)
+    norm = Normalizer(DatasetStats.from_source(source))
+    windows = ChunkWindows(source, chunk_size=2, normalizer=norm, image_size=(28, 14))
+    image = windows[3]["observation.images.cam_left_wrist"]
+    assert image.shape == (3, 28, 14) and image.dtype == torch.uint8
+    frame = torch.from_numpy(make_episode(0, length=6).images["cam_left_wrist"][3])
+    as_float = frame.permute(2, 0, 1)[None].float() / 255  # the policy's path: float, then resize
+    expected = resize_images(as_float, (28, 14))[0]
+    assert (image.float() / 255 - expected).abs().max() <= 0.5 / 255 + 1e-6
+    with pytest.raises(ValueError, match="image_size"):
+        ChunkWindows(source, chunk_size=2, normalizer=norm, image_size=(0, 14))
 
 
 def test_collate_and_dataloader_over_hdf5(tmp_path, make_episode):
@@ -60,6 +75,7 @@ def test_collate_and_dataloader_over_hdf5(tmp_path, make_episode):
     loader = DataLoader(windows, batch_size=4, collate_fn=collate_windows, num_workers=0)
     batch = next(iter(loader))
     assert batch["observation.images.cam_left_wrist"].shape == (4, 3, 8, 10)
+    assert batch["observation.images.cam_left_wrist"].dtype == torch.uint8
     assert batch["observation.state"].shape == (4, 14)
     assert batch["action"].shape == (4, 3, 14)
     assert batch["action_is_pad"].dtype == torch.bool and batch["action_is_pad"].shape == (4, 3)

@@ -1,12 +1,16 @@
 """Training samples: one frame's observation and the action chunk that follows it.
 
-For frame t of an episode of length T, a sample holds the frame's images (float32 (3, H, W) in
-[0, 1]), its z-scored state, the min-max-normalised actions t .. t+Hc-1, and `action_is_pad`
-marking steps past the episode's end. Padded steps repeat the episode's last action
-(`pad="last"`, the default: a robot that holds its final command) or are zeros in normalised
-units (`pad="zero"`); either way the loss masks them. `collate_windows` stacks samples into the
-batch layout of docs/interfaces.md; `MixtureDataset` with `EmbodimentBatchSampler` (in
-`dexvla.data.sampler`) mixes datasets by weight with one embodiment per batch (stage 1).
+For frame t of an episode of length T, a sample holds the frame's images, its z-scored state,
+the min-max-normalised actions t .. t+Hc-1, and `action_is_pad` marking steps past the
+episode's end. Images are uint8 (3, h, w), resized here (in the DataLoader worker) to
+`image_size`, the policy's, by `dexvla.imaging.resize_images`, the function the policy itself
+resizes with; they stay uint8 (a quarter of float32's bytes, and far fewer pixels than the
+camera's) until the policy converts them on its device. Without `image_size` they keep the
+dataset's size. Padded steps repeat the episode's last action (`pad="last"`, the default: a
+robot that holds its final command) or are zeros in normalised units (`pad="zero"`); either way
+the loss masks them. `collate_windows` stacks samples into the batch layout of
+docs/interfaces.md; `MixtureDataset` with `EmbodimentBatchSampler` (in `dexvla.data.sampler`)
+mixes datasets by weight with one embodiment per batch (stage 1).
 """
 
 from __future__ import annotations
@@ -19,20 +23,19 @@ import torch
 from torch.utils.data import Dataset
 
 from dexvla.data.sources import EpisodeSource
+from dexvla.imaging import resize_images
 from dexvla.schema import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, SUBSTEP, TASK, image_key
 from dexvla.stats import Normalizer
 
 PAD_MODES = ("last", "zero")
 
 
-def _to_chw_float(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) -> float32 (3, H, W) in [0, 1], in numpy (cheaper than torch ops on
-    small tensors inside DataLoader workers)."""
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) * np.float32(1 / 255)
-
-
 class ChunkWindows(Dataset):
-    """Every frame of `source` (or of the listed `episodes`) as a training sample."""
+    """Every frame of `source` (or of the listed `episodes`) as a training sample.
+
+    `image_size` (h, w): the size the policy sees; images are resized to it here, in the
+    DataLoader worker. None keeps the dataset's size.
+    """
 
     def __init__(
         self,
@@ -43,6 +46,7 @@ class ChunkWindows(Dataset):
         pad: str = "last",
         cameras: Sequence[str] | None = None,
         episodes: Sequence[int] | None = None,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -53,6 +57,9 @@ class ChunkWindows(Dataset):
         self.chunk_size = chunk_size
         self.normalizer = normalizer
         self.pad = pad
+        if image_size is not None and (len(image_size) != 2 or min(image_size) <= 0):
+            raise ValueError(f"image_size must be positive (height, width), got {image_size}")
+        self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         self.cameras = tuple(cameras) if cameras is not None else tuple(source.cameras)
         missing = [cam for cam in self.cameras if cam not in source.cameras]
         if missing:
@@ -74,6 +81,15 @@ class ChunkWindows(Dataset):
         start = int(self.ends[k - 1]) if k else 0
         return int(self.episodes[k]), index - start
 
+    def frame(self, episode: int, t: int, cam: str) -> torch.Tensor:
+        """Frame t of `episode` from `cam` as the batch holds it: uint8 (3, h, w)."""
+        image = self.source.image(episode, t, cam)  # (H, W, 3) uint8, maybe read-only
+        hwc = torch.from_numpy(image if image.flags.writeable else image.copy())
+        chw = hwc.permute(2, 0, 1)  # (3, H, W), channels-last in memory: the resize's fast case
+        if self.image_size is not None:
+            chw = resize_images(chw[None], self.image_size)[0]
+        return chw.contiguous()
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         episode, t = self.locate(int(index))
         low = self.source.lowdim(episode)
@@ -87,8 +103,7 @@ class ChunkWindows(Dataset):
             )
         is_pad = np.arange(self.chunk_size) >= valid
         sample: dict[str, Any] = {
-            image_key(cam): torch.from_numpy(_to_chw_float(self.source.image(episode, t, cam)))
-            for cam in self.cameras
+            image_key(cam): self.frame(episode, t, cam) for cam in self.cameras
         }
         state = self.normalizer.normalize(STATE, low["state"][t], self.embodiment)
         sample.update(

@@ -1,5 +1,8 @@
 """A stage's training set: datasets opened and checked, statistics merged, chunk windows built.
 
+The windows resize images to the policy's `vlm.image_size` in the DataLoader workers, so a
+batch carries uint8 (B, 3, h, w) images at the size the VLM sees.
+
 Several datasets make a `MixtureDataset`; its batches come from `mixture_batches`, one
 dataset (so one embodiment) per optimiser step, as the per-embodiment expert heads need.
 """
@@ -114,6 +117,7 @@ def load_stage_data(
             normalizer=normalizer,
             pad=config.pad,
             cameras=get_embodiment(source.embodiment).cameras,
+            image_size=policy.vlm.image_size,
         )
         for source in sources
     ]

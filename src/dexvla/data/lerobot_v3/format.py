@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from dexvla.io import is_temp
@@ -34,7 +35,8 @@ EPISODES_FILE = EPISODES_PATH.format(chunk_index=0, file_index=0)
 INFO_FILE = "meta/info.json"
 STATS_FILE = "meta/stats.json"
 TASKS_FILE = "meta/tasks.parquet"
-ROW_GROUP_SIZE = 32
+ROW_GROUP_SIZE = 32  # frames per data-file row group at most
+ROW_GROUP_IMAGE_BYTES = 512 * 1024  # about this much of one camera's image bytes per row group
 FOVY_INFO = "camera.fovy"  # an image feature's `info` entry: vertical field of view, degrees
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
@@ -43,6 +45,24 @@ IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 def chunked(template: str, index: int) -> str:
     """`template` (DATA_PATH, EPISODES_PATH) filled for the file numbered `index`."""
     return template.format(chunk_index=index // CHUNKS_SIZE, file_index=index % CHUNKS_SIZE)
+
+
+def row_group_size(table: pa.Table) -> int:
+    """Frames per row group for an episode's data table: a frame read reads one row group of
+    its camera's column, so the group holds about ROW_GROUP_IMAGE_BYTES of the largest camera's
+    images (one frame at 640x480 PNG, ROW_GROUP_SIZE frames for small images or none)."""
+    if table.num_rows == 0:
+        return ROW_GROUP_SIZE
+    largest = max(
+        (
+            pc.sum(pc.binary_length(column.combine_chunks().field("bytes"))).as_py() or 0
+            for column, field in zip(table.columns, table.schema, strict=True)
+            if field.type == IMAGE_STRUCT
+        ),
+        default=0,
+    )
+    per_frame = largest / table.num_rows
+    return int(np.clip(ROW_GROUP_IMAGE_BYTES // max(per_frame, 1), 1, ROW_GROUP_SIZE))
 
 
 def scalar_feature(dtype: str) -> dict[str, Any]:

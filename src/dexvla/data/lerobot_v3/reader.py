@@ -4,10 +4,17 @@ Reads what `LeRobotV3Writer` writes (also before it is closed: every episodes-ta
 read) and what LeRobot itself writes: video features, several episodes per data file,
 variable-length list columns. Simulated cameras' vertical field of view comes from the image
 feature's `info` (`camera.fovy`, degrees).
+
+A training sample reads one frame per camera, so a frame read costs about one frame: an image
+feature reads the one row group holding the frame (the writer sizes row groups to about one
+frame of 640x480 PNG; older files with bigger groups read correctly, at a group's cost), a video
+feature seeks to the frame's timestamp (`dexvla.data.video`). Open files, row groups and
+videos are kept in small per-process caches, rebuilt after pickling (DataLoader workers).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,6 +38,7 @@ from dexvla.data.lerobot_v3.format import (
     read_episode_rows,
     read_tasks,
 )
+from dexvla.data.video import VideoFile
 from dexvla.embodiments import get_embodiment
 from dexvla.io import read_json
 from dexvla.schema import ACTION, REWARD, STATE, SUBSTEP, Episode, camera_of
@@ -117,10 +125,10 @@ class LeRobotV3Dataset:
         self._reset_handles()
 
     def _reset_handles(self) -> None:
-        self._files: dict[Path, pq.ParquetFile] = {}
+        self._files = _LruCache(16)  # path -> (ParquetFile, first row of each row group)
         self._offsets: dict[int, int] = {}
-        self._groups = _LruCache(64)
-        self._videos = _LruCache(4)
+        self._groups = _LruCache(8)  # (path, row group, column) -> the group's column
+        self._videos = _LruCache(8)  # path -> VideoFile
 
     @property
     def num_episodes(self) -> int:
@@ -141,15 +149,23 @@ class LeRobotV3Dataset:
             chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"])
         )
 
-    def _parquet(self, path: Path) -> pq.ParquetFile:
-        if path not in self._files:
+    def _open(self, path: Path) -> tuple[pq.ParquetFile, list[int]]:
+        """The file's handle and the first row of each of its row groups (cached)."""
+
+        def load() -> tuple[pq.ParquetFile, list[int]]:
             if not path.exists():
                 raise FileNotFoundError(f"{path}: data file missing")
             try:
-                self._files[path] = pq.ParquetFile(path)
+                handle = pq.ParquetFile(path, pre_buffer=False)
             except (pa.ArrowInvalid, OSError) as error:
                 raise ValueError(f"{path}: corrupt data file ({error})") from None
-        return self._files[path]
+            sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
+            return handle, np.concatenate([[0], np.cumsum(sizes)]).tolist()
+
+        return self._files.fetch(path, load)
+
+    def _parquet(self, path: Path) -> pq.ParquetFile:
+        return self._open(path)[0]
 
     def frame_offset(self, i: int) -> int:
         """Row of episode i's first frame inside its data file."""
@@ -220,18 +236,20 @@ class LeRobotV3Dataset:
         if not 0 <= t < self.lengths[i]:
             raise IndexError(f"frame {t} out of range for episode {i} ({self.lengths[i]} frames)")
         if self.features[key]["dtype"] == "video":
-            return self._video_frames(i, key)[t]
+            return self._video_frames(i, key, t, 1)[0]
         path = self.data_file(i)
-        handle = self._parquet(path)
+        handle, starts = self._open(path)
         row = self.frame_offset(i) + t
-        group, start = 0, 0
-        while start + handle.metadata.row_group(group).num_rows <= row:
-            start += handle.metadata.row_group(group).num_rows
-            group += 1
-        column = self._groups.fetch(
-            (path, group, key), lambda: handle.read_row_group(group, columns=[key]).column(0)
-        )
-        return self._decode(column[row - start].as_py(), i, t, cam)
+        group = bisect.bisect_right(starts, row) - 1
+
+        def load() -> pa.ChunkedArray:
+            try:
+                return handle.read_row_group(group, [key], use_threads=False).column(0)
+            except (pa.ArrowInvalid, OSError) as error:
+                raise ValueError(f"{path}: corrupt data file ({error})") from None
+
+        column = self._groups.fetch((path, group, key), load)
+        return self._decode(column[row - starts[group]].as_py(), i, t, cam)
 
     def _decode(self, value: dict[str, Any] | None, i: int, t: int, cam: str) -> np.ndarray:
         """An image feature's `{bytes, path}` value -> uint8 (H, W, 3)."""
@@ -240,35 +258,28 @@ class LeRobotV3Dataset:
             raise ValueError(f"{where} has no image")
         return decode_image(value["bytes"], where)
 
-    def _video_frames(self, i: int, key: str) -> np.ndarray:
-        def load() -> np.ndarray:
-            import imageio.v3 as iio
-
-            row = self.rows[i]
-            path = self.root / (self.info.get("video_path") or VIDEO_PATH).format(
-                video_key=key,
-                chunk_index=int(row[f"videos/{key}/chunk_index"]),
-                file_index=int(row[f"videos/{key}/file_index"]),
-            )
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: video file missing (episode {i}, {key})")
-            first = round(float(row[f"videos/{key}/from_timestamp"]) * self.fps)
-            frames = iio.imread(path)
-            clip = np.asarray(frames[first : first + int(self.lengths[i])], dtype=np.uint8)
-            if len(clip) != self.lengths[i]:
-                raise ValueError(
-                    f"{path}: episode {i} needs {self.lengths[i]} frames from frame {first}, "
-                    f"video has {len(frames)}"
-                )
-            return clip
-
-        return self._videos.fetch((i, key), load)
+    def _video_frames(self, i: int, key: str, t: int, count: int) -> np.ndarray:
+        """Frames t .. t+count-1 of episode i from video feature `key`, uint8 (count, H, W, 3)."""
+        row = self.rows[i]
+        path = self.root / (self.info.get("video_path") or VIDEO_PATH).format(
+            video_key=key,
+            chunk_index=int(row[f"videos/{key}/chunk_index"]),
+            file_index=int(row[f"videos/{key}/file_index"]),
+        )
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: video file missing (episode {i}, {key})")
+        video = self._videos.fetch(path, lambda: VideoFile(path))
+        start = float(row[f"videos/{key}/from_timestamp"]) + t / self.fps
+        try:
+            return video.frames(start, count, self.fps)
+        except ValueError as error:
+            raise ValueError(f"episode {i} frame {t}: {error}") from None
 
     def images(self, i: int, cam: str) -> np.ndarray:
         """All frames of episode i from camera `cam`, uint8 (T, H, W, 3)."""
         key = self.camera_keys[cam]
         if self.features[key]["dtype"] == "video":
-            return self._video_frames(i, key)
+            return self._video_frames(i, key, 0, int(self.lengths[i]))
         column = self._read_rows(i, [key]).column(0).to_pylist()
         return np.stack([self._decode(value, i, t, cam) for t, value in enumerate(column)])
 

@@ -31,7 +31,6 @@ from dexvla.data.lerobot_v3.format import (
     FOVY_INFO,
     IMAGE_STRUCT,
     INFO_FILE,
-    ROW_GROUP_SIZE,
     STATS_FILE,
     TASKS_FILE,
     VIDEO_FILES_SIZE_IN_MB,
@@ -40,6 +39,7 @@ from dexvla.data.lerobot_v3.format import (
     episode_files,
     read_episode_rows,
     read_tasks,
+    row_group_size,
     scalar_feature,
     tasks_table,
 )
@@ -143,7 +143,7 @@ class LeRobotV3Writer:
         task_index = self._task_index(episode.task)
         table, row = self._episode_table(episode, index, task_index)
         atomic_write_parquet(
-            self.root / chunked(DATA_PATH, index), table, row_group_size=ROW_GROUP_SIZE
+            self.root / chunked(DATA_PATH, index), table, row_group_size=row_group_size(table)
         )
         if first:
             self.features = features

@@ -2,12 +2,16 @@
 executed actions per second in the closed loop (policy time only, no simulator).
 
 Rows, all measured in one run and interleaved (each repetition times every row once) so that
-load from other processes hits every row alike; medians over `--reps`:
+load from other processes hits every row alike; medians over `--reps`. Each chunk row is timed
+for the old sequence of passes (what `predict_action_chunk` did before issue 13) and the new one,
+with the ratio new / old:
 
-- chunk, reasoning regenerated: `predict_action_chunk(obs)` = greedy generation of the
-  sub-step + one teacher-forced VLM pass + the diffusion expert's DDIM steps;
-- chunk, cached reasoning: `predict_action_chunk(obs, reasoning)` = one prompt-only VLM pass +
-  the DDIM steps;
+- chunk, reasoning regenerated. Old: vision + `vlm.generate` (Hugging Face's loop), then a
+  teacher-forced `encode` over prompt + sub-step (vision and prompt again), then the diffusers
+  DDIM sampler. New: `predict_action_chunk(obs)` = one vision pass, one prompt prefill and the
+  greedy decoding, whose states give both pooled spans, then DDIM in torch maths;
+- chunk, cached reasoning. Old: vision + `encode` of prompt + empty answer + diffusers DDIM.
+  New: `predict_action_chunk(obs, reasoning)` = one prompt pass + torch DDIM;
 - closed loop: `InferenceRuntime.step` over `--loop-steps` fresh observations, k actions
   executed per chunk, the sub-step regenerated every M chunks; actions/s = steps / time spent
   inside `step` (the simulator's time is excluded by construction).
@@ -39,7 +43,7 @@ from dexvla.policy.configuration import get_policy_preset
 from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.runtime.inference import InferenceRuntime, RuntimeConfig
-from dexvla.schema import EMBODIMENT, STATE, TASK, image_key
+from dexvla.schema import EMBODIMENT, STATE, TASK, Reasoning, image_key
 from dexvla.stats import DatasetStats
 
 TARGET_ACTIONS_PER_S = 60.0
@@ -72,6 +76,43 @@ def observations(n: int, size: int, seed: int = 0) -> list[dict]:
         obs[EMBODIMENT] = "aloha"
         out.append(obs)
     return out
+
+
+@torch.no_grad()
+def old_chunk(policy: DexVLAPolicy, obs: dict, reasoning: Reasoning | None) -> np.ndarray:
+    """The sequence of passes `predict_action_chunk` ran before issue 13 (kept to compare)."""
+    batch, embodiment = policy.processor.prepare(obs)
+    vision = policy.vision_inputs(batch, embodiment)
+    if reasoning is None:
+        input_ids, attention = policy.prompts.encode_prompts(
+            [policy.config.vlm.tokens_per_image] * len(get_embodiment(embodiment).cameras),
+            list(batch[TASK]),
+        )
+        generated = policy.vlm.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            mm_token_type_ids=policy.prompts.mm_token_type_ids(input_ids),
+            max_new_tokens=policy.config.vlm.max_new_tokens,
+            do_sample=False,
+            eos_token_id=policy.prompts.im_end,
+            pad_token_id=policy.prompts.pad_id,
+            **vision,
+        )
+        answers = policy.tokenizer.batch_decode(
+            generated[:, input_ids.shape[1] :], skip_special_tokens=True
+        )
+        texts = [policy.prompts.parse_answer(text) for text in answers]
+        encoding = policy.encode(batch, embodiment, texts, vision)
+        prompt, states = encoding.prompt, encoding.reasoning
+    else:
+        prompt, states = policy.encode(batch, embodiment, [""], vision).prompt, reasoning.states
+    cond = policy.fusion(prompt, states)
+    normalised = policy.diffusion.sample(
+        policy.expert.denoiser(cond, batch[STATE], embodiment),
+        (1, policy.config.chunk_size, get_embodiment(embodiment).action_dim),
+        device="cpu",
+    )
+    return policy.processor.unnormalize_actions(normalised.numpy(), embodiment)[0]
 
 
 def closed_loop(policy: DexVLAPolicy, obs: list[dict], k: int, every: int) -> tuple[float, float]:
@@ -115,13 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     _, reasoning = policy.predict_action_chunk(obs[0])  # warm-up
     policy.predict_action_chunk(obs[1], reasoning)
 
-    rows: dict[str, list[tuple[float, float]]] = {"reasoning": [], "cached": [], "generate": []}
+    old_chunk(policy, obs[0], None)  # warm-up of the old path
+    old_chunk(policy, obs[1], reasoning)
+    names = ("reasoning", "reasoning (old)", "cached", "cached (old)", "generate")
+    rows: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     loops: dict[int, list[tuple[float, float]]] = {m: [] for m in args.reasoning_every}
     for rep in range(args.reps):
         one = obs[rep % len(obs)]
         calls: dict[str, Callable[[], object]] = {
             "reasoning": lambda one=one: policy.predict_action_chunk(one),
+            "reasoning (old)": lambda one=one: old_chunk(policy, one, None),
             "cached": lambda one=one: policy.predict_action_chunk(one, reasoning),
+            "cached (old)": lambda one=one: old_chunk(policy, one, reasoning),
             "generate": lambda one=one: policy.generate_reasoning(one),
         }
         for name, fn in calls.items():
@@ -138,16 +184,20 @@ def main(argv: list[str] | None = None) -> int:
         f"DDIM steps {config.diffusion.num_inference_steps}, threads {args.threads}, "
         f"fp32 CPU, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
-    print(f"{'row':34} {'wall ms':>8} {'vs cached':>9} {'CPU ms':>8} {'vs cached':>9}")
+    print(f"{'row':34} {'wall ms':>8} {'vs old':>7} {'CPU ms':>8} {'vs old':>7}")
     labels = {
-        "reasoning": "chunk, reasoning regenerated",
-        "cached": "chunk, cached reasoning",
-        "generate": "generate_reasoning alone",
+        "reasoning (old)": "chunk, reasoning regenerated, old",
+        "reasoning": "chunk, reasoning regenerated, new",
+        "cached (old)": "chunk, cached reasoning, old",
+        "cached": "chunk, cached reasoning, new",
+        "generate": "generate_reasoning alone, new",
     }
     for name, label in labels.items():
+        base = name.split(" ")[0]
+        old = f"{base} (old)" if f"{base} (old)" in wall else name
         print(
-            f"{label:34} {wall[name]:8.1f} {wall[name] / wall['cached']:8.2f}x "
-            f"{cpu[name]:8.1f} {cpu[name] / cpu['cached']:8.2f}x"
+            f"{label:34} {wall[name]:8.1f} {wall[name] / wall[old]:6.2f}x "
+            f"{cpu[name]:8.1f} {cpu[name] / cpu[old]:6.2f}x"
         )
     print(
         f"\nclosed loop, k={args.execute_steps}, {args.loop_steps} steps (runtime.step time only)"

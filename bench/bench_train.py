@@ -1,35 +1,127 @@
-"""Training throughput: the real stage-2 pipeline vs a bare optimiser step on one batch.
+"""Training throughput of tiny stage 2: the forward before issue 13 vs today's, and the pipeline.
 
-Both sides train the same tiny stage-2 policy (vision tower frozen, as the preset says) with
-the same batch size. "pipeline" is `Trainer` + DataLoader + `ChunkWindows` over a LeRobot v3
-dataset (PNG decoding, normalisation, collation, metrics, progress bar); "bare" is
-forward + backward + clip + AdamW on a batch built once. The ratio is what data loading and
-bookkeeping cost; the target is <= 10%.
+Everything is measured side by side in one run (this CPU is shared, so only ratios of runs made
+next to each other mean something), on the same model, batch size and data:
 
-    .venv/bin/python bench/bench_train.py [--steps 30] [--batch-size 8] [--workers 0]
+- "bare old" / "bare new": forward + backward + clip + AdamW on one batch built once (prepared
+  device tensors). "old" is `BaselinePolicy`, the training forward of the revision before
+  issue 13 rebuilt from the same upstream classes: Qwen2-VL's `Qwen2VLImageProcessorPil`
+  patchify in numpy on the host, upstream `get_rope_index` inside the forward, upstream's
+  per-image vision attention and Conv3d patch embedding, a boolean-indexed language loss and
+  `float()` metrics. "new" is `DexVLAPolicy` as it is.
+- "pipeline": `Trainer` + DataLoader + `ChunkWindows` over a LeRobot v3 dataset (decoding,
+  normalisation, collation, metrics, progress bar) with the new forward; with `--baseline`
+  also with the old one. Its overhead over the bare step around it has a target of <= 10%.
+- the FLOP counter's GFLOP of one forward + backward, the achieved GFLOP/s of each bare step,
+  and the fp32 2048^3 matmul GFLOP/s of the same run (what this CPU can do at best).
+
+    nice .venv/bin/python bench/bench_train.py [--steps 30] [--repeats 3] [--baseline]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.modeling_qwen2_vl import PatchEmbed, VisionAttention
 
 from dexvla.data.lerobot_v3 import LeRobotV3Writer
 from dexvla.data.windows import collate_windows
 from dexvla.embodiments import get_embodiment
-from dexvla.schema import Episode
-from dexvla.train.engine import Trainer
+from dexvla.imaging import to_unit_float
+from dexvla.policy.modeling import DexVLAPolicy, Encoding
+from dexvla.policy.vlm import IGNORE_INDEX, masked_mean
+from dexvla.schema import ACTION, ACTION_IS_PAD, STATE, SUBSTEP, TASK, Episode, image_key
+from dexvla.train.engine import Trainer, move_to_device
 from dexvla.train.metrics import read_metrics
 from dexvla.train.optim import build_optimizer
 from dexvla.train.recipes import get_stage_preset
 from dexvla.train.stage_data import load_stage_data
 from dexvla.train.stages import build_model
+
+
+class BaselinePolicy(DexVLAPolicy):
+    """`DexVLAPolicy` with the training forward before issue 13 (see the module docstring)."""
+
+    upstream_images = Qwen2VLImageProcessorPil(do_resize=False, do_rescale=False)
+
+    def vision_inputs(self, batch: dict[str, Any], embodiment: str) -> dict[str, torch.Tensor]:
+        cams = get_embodiment(embodiment).cameras
+        cameras = [self.processor.resize(batch[image_key(cam)]) for cam in cams]
+        stacked = to_unit_float(torch.stack(cameras, dim=1).flatten(0, 1))  # (N, 3, h, w)
+        images = np.ascontiguousarray(stacked.permute(0, 2, 3, 1).cpu().numpy())
+        out = self.upstream_images(images=list(images), return_tensors="pt")
+        return {
+            "pixel_values": out["pixel_values"].to(self.device, self.vlm.dtype),
+            "image_grid_thw": out["image_grid_thw"].to(self.device),
+        }
+
+    def encode(
+        self,
+        batch: dict[str, Any],
+        embodiment: str,
+        substeps: list[str],
+        vision: dict[str, torch.Tensor] | None = None,
+    ) -> Encoding:
+        vision = vision or self.vision_inputs(batch, embodiment)
+        tokens = self.prompts.encode(self._image_tokens(embodiment), list(batch[TASK]), substeps)
+        input_ids = tokens.input_ids.to(self.device)
+        hidden = self.vlm.model(  # no position_ids: upstream get_rope_index runs
+            input_ids=input_ids,
+            attention_mask=tokens.attention_mask.to(self.device),
+            mm_token_type_ids=self.prompts.mm_token_type_ids(input_ids),
+            use_cache=False,
+            **vision,
+        ).last_hidden_state
+        return Encoding(
+            hidden=hidden,
+            labels=tokens.labels.to(self.device),
+            prompt=masked_mean(hidden, tokens.prompt_mask.to(self.device)),
+            reasoning=masked_mean(hidden, tokens.reasoning_mask.to(self.device)),
+            answer_start=tokens.answer_start,
+        )
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        embodiment = self.processor.batch_embodiment(batch)
+        encoding = self.encode(batch, embodiment, list(batch[SUBSTEP]))
+        labels = encoding.labels[:, 1:]
+        answer = labels != IGNORE_INDEX
+        logits = self.vlm.lm_head(encoding.hidden[:, :-1][answer])  # (N_answer, V)
+        language_loss = F.cross_entropy(logits.float(), labels[answer])
+        cond = self.fusion(encoding.prompt, encoding.reasoning).to(self.dtype)
+        k = self.config.noise_samples
+        actions = batch[ACTION].to(self.device, torch.float32).repeat(k, 1, 1)
+        is_pad = batch[ACTION_IS_PAD].to(self.device).repeat(k, 1)
+        state = batch[STATE].to(self.device, self.dtype).repeat(k, 1)
+        denoise = self.expert.denoiser(cond.repeat(k, 1), state, embodiment)
+        action_loss = self.diffusion.loss(denoise, actions, is_pad)
+        loss = action_loss + self.config.llm_loss_weight * language_loss
+        metrics = {
+            "loss": float(loss.detach()),
+            "action_loss": float(action_loss.detach()),
+            "language_loss": float(language_loss.detach()),
+        }
+        return loss, metrics
+
+
+def as_baseline(policy: DexVLAPolicy) -> BaselinePolicy:
+    """The same policy (same weights, same frozen parts) with the old forward and vision tower."""
+    policy.__class__ = BaselinePolicy
+    visual = policy.vlm.model.visual
+    visual.patch_embed.__class__ = PatchEmbed
+    for block in visual.blocks:
+        block.attn.__class__ = VisionAttention
+    return policy
 
 
 def write_dataset(root: Path, episodes: int, length: int, size: int) -> Path:
@@ -49,21 +141,48 @@ def write_dataset(root: Path, episodes: int, length: int, size: int) -> Path:
     return root
 
 
-def bare_samples_per_s(model: torch.nn.Module, batch: dict, steps: int, warmup: int) -> float:
-    """Samples/s of forward + backward + clip + AdamW on one pre-built batch."""
+def matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
+    """fp32 GFLOP/s of a size^3 matrix product on this machine, now."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size**3 / (time.perf_counter() - start) / 1e9
+
+
+def step_gflop(model: torch.nn.Module, batch: dict) -> float:
+    """GFLOP of one forward + backward, by `torch.utils.flop_counter`."""
+    with FlopCounterMode(display=False) as counter:
+        model(batch)[0].backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 1e9
+
+
+def bare_samples_per_s(
+    models: dict[str, torch.nn.Module], batch: dict, steps: int, warmup: int
+) -> dict[str, float]:
+    """Samples/s of forward + backward + clip + AdamW on one pre-built batch, for each model.
+
+    The models' steps interleave (A B A B ...), so a change in machine load hits all alike.
+    """
     config = get_stage_preset("tiny-stage2").train
-    optimizer = build_optimizer(model, config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
+    runs = {}
+    for name, model in models.items():
+        params = [p for p in model.parameters() if p.requires_grad]
+        runs[name] = (model.train(), build_optimizer(model, config), params)
+    seconds = dict.fromkeys(models, 0.0)
     for i in range(warmup + steps):
-        if i == warmup:
+        for name, (model, optimizer, params) in runs.items():
             start = time.perf_counter()
-        loss, _ = model(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return steps * len(batch["task"]) / (time.perf_counter() - start)
+            loss, _ = model(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= warmup:
+                seconds[name] += time.perf_counter() - start
+    return {name: steps * len(batch[TASK]) / s for name, s in seconds.items()}
 
 
 def pipeline_samples_per_s(model: torch.nn.Module, data, config, out: Path, warmup: int) -> float:
@@ -73,6 +192,10 @@ def pipeline_samples_per_s(model: torch.nn.Module, data, config, out: Path, warm
     return float(np.mean([r["samples_per_s"] for r in windows]))
 
 
+def row(name: str, values: list[float], unit: str) -> str:
+    return f"{name:<22}" + " ".join(f"{v:7.2f}" for v in values) + f"  {unit}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -80,8 +203,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--image", type=int, default=96, help="stored camera size (px)")
+    parser.add_argument("--image", type=int, default=84, help="stored camera size (px)")
     parser.add_argument("--repeats", type=int, default=3, help="pipeline runs, between bare runs")
+    parser.add_argument("--baseline", action="store_true", help="pipeline of the old forward too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -97,33 +221,69 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_dataset(Path(tmp) / "data", episodes=4, length=60, size=args.image)
         data = load_stage_data([root], config, config.policy_config())
-        batch = collate_windows([data.dataset[i] for i in range(args.batch_size)])
+        samples = [data.dataset[i] for i in range(args.batch_size)]
+        batch = move_to_device(collate_windows(samples), torch.device("cpu"))
 
-        def fresh() -> torch.nn.Module:
+        def fresh(old: bool = False) -> torch.nn.Module:
             torch.manual_seed(0)
-            return build_model(config, data, None)[0]
+            model = build_model(config, data, None)[0]
+            return as_baseline(model) if old else model
 
-        # Bare and pipeline runs alternate (B P B P ... B), and each pipeline run is compared
-        # with the mean of the bare runs around it, so a change in machine load between runs
-        # (this CPU is shared) does not pass for overhead.
-        bare = [bare_samples_per_s(fresh(), batch, args.steps, args.warmup)]
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            old_loss = float(fresh(old=True)(batch)[0].detach())
+            torch.manual_seed(1)
+            new_loss = float(fresh()(batch)[0].detach())
+        gflop = step_gflop(fresh(), batch)
+        matmul = [matmul_gflops()]
+
+        # Bare runs (old and new steps interleaved) alternate with pipeline runs, and each
+        # pipeline run is compared with the mean of the bare runs around it, so a change in
+        # machine load (the CPU is shared) does not pass for a speed-up or an overhead.
+        def bare() -> dict[str, float]:
+            models = {"old": fresh(old=True), "new": fresh()}
+            return bare_samples_per_s(models, batch, args.steps, args.warmup)
+
+        bares = [bare()]
         pipeline: list[float] = []
+        pipeline_old: list[float] = []
         for i in range(args.repeats):
-            out = Path(tmp) / f"run{i}"
-            pipeline.append(pipeline_samples_per_s(fresh(), data, config, out, args.warmup))
-            bare.append(bare_samples_per_s(fresh(), batch, args.steps, args.warmup))
-    overheads = [(bare[i] + bare[i + 1]) / 2 / pipeline[i] - 1.0 for i in range(args.repeats)]
+            pipeline.append(
+                pipeline_samples_per_s(fresh(), data, config, Path(tmp) / f"new{i}", args.warmup)
+            )
+            if args.baseline:
+                out = Path(tmp) / f"old{i}"
+                pipeline_old.append(
+                    pipeline_samples_per_s(fresh(old=True), data, config, out, args.warmup)
+                )
+            bares.append(bare())
+            matmul.append(matmul_gflops())
+
+    batch_size = args.batch_size
+    old, new = [b["old"] for b in bares], [b["new"] for b in bares]
+    speedups = [n / o for n, o in zip(new, old, strict=True)]
+    overheads = [(new[i] + new[i + 1]) / 2 / pipeline[i] - 1.0 for i in range(args.repeats)]
     print(
-        f"tiny stage 2, batch {args.batch_size}, {args.steps} steps x {args.repeats}, "
-        f"workers {args.workers}, threads {args.threads}, {args.image}px x3 cameras -> "
-        f"{config.policy_config().vlm.image_size[0]}px"
+        f"tiny stage 2, batch {batch_size}, noise_samples {config.noise_samples}, "
+        f"{args.steps} steps x {args.repeats}, workers {args.workers}, threads {args.threads}, "
+        f"{args.image}px x3 cameras -> {config.policy_config().vlm.image_size[0]}px"
     )
-    print("bare step:  " + " ".join(f"{v:6.2f}" for v in bare) + " samples/s")
-    print("pipeline:   " + " ".join(f"{v:6.2f}" for v in pipeline) + " samples/s")
+    print(f"first loss, same weights and noise: old {old_loss:.6f}  new {new_loss:.6f}")
+    print(f"forward + backward: {gflop:.2f} GFLOP per step (FlopCounterMode)")
+    print(row("matmul 2048^3", matmul, "GFLOP/s"))
+    print(row("bare step, old", old, "samples/s"))
+    print(row("bare step, new", new, "samples/s"))
+    print(row("  achieved, new", [gflop * v / batch_size for v in new], "GFLOP/s"))
+    print(row("pipeline, new", pipeline, "samples/s"))
+    if pipeline_old:
+        print(row("pipeline, old", pipeline_old, "samples/s"))
+        ratios = [p / q for p, q in zip(pipeline, pipeline_old, strict=True)]
+        print(row("pipeline new / old", ratios, f"x  median {statistics.median(ratios):.2f}x"))
+    print(row("bare new / old", speedups, f"x  median {statistics.median(speedups):.2f}x"))
     print(
-        "overhead:   "
-        + " ".join(f"{100 * v:+5.1f}%" for v in overheads)
-        + f"  median {100 * float(np.median(overheads)):+.1f}% (target <= +10%)"
+        "pipeline overhead:    "
+        + " ".join(f"{100 * v:+6.1f}%" for v in overheads)
+        + f"  median {100 * statistics.median(overheads):+.1f}% (target <= +10%)"
     )
 
 

@@ -95,6 +95,15 @@ def test_all_padded_batch_and_bad_mask_raise():
         diffusion.loss(lambda x, t: x, actions, torch.zeros(2, 5))
 
 
+def test_loss_reads_no_value_back_from_the_device():
+    # on `meta` tensors any read of a value (.item(), bool(), float()) raises: the loss, which
+    # runs on the training step's critical path, must not wait for the device
+    actions = torch.zeros(4, 6, 3, device="meta")
+    is_pad = torch.zeros(4, 6, dtype=torch.bool, device="meta")
+    loss = ActionDiffusion().loss(lambda x, t: 2 * x, actions, is_pad)
+    assert loss.shape == () and loss.device.type == "meta"
+
+
 @pytest.mark.parametrize("prediction_type", ["sample", "v_prediction"])
 def test_other_prediction_targets(prediction_type):
     diffusion = ActionDiffusion(DiffusionConfig(prediction_type=prediction_type))

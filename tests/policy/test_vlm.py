@@ -1,9 +1,13 @@
 """Prompt spans, tokenizer and image patches of the Qwen2-VL backbone."""
 
+import copy
 import json
 
 import pytest
 import torch
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.models.qwen2_vl.modeling_qwen2_vl import PatchEmbed, VisionAttention
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
 
 from dexvla.policy.configuration import get_vlm_preset
 from dexvla.policy.tokenizer import QWEN_SPECIAL_TOKENS, TOKENIZER_FILE, build_tokenizer_json
@@ -16,6 +20,8 @@ from dexvla.policy.vlm import (
     build_vlm,
     load_tokenizer,
     masked_mean,
+    mrope_position_ids,
+    vision_layout,
 )
 
 
@@ -81,6 +87,97 @@ def test_image_encoder_patches_sample_major():
     assert pixels.shape == (4 * 24, 3 * 2 * 14 * 14)
     single, _ = encoder([cams[0][1:2], cams[1][1:2]])
     torch.testing.assert_close(pixels[48:], single)
+
+
+def upstream_patches(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2-VL's own image processor on float images (N, 3, h, w) in [0, 1]."""
+    processor = Qwen2VLImageProcessorPil(do_resize=False, do_rescale=False)
+    out = processor(images=list(images.permute(0, 2, 3, 1).numpy()), return_tensors="pt")
+    return out["pixel_values"], out["image_grid_thw"]
+
+
+def test_image_encoder_equals_the_upstream_image_processor():
+    gen = torch.Generator().manual_seed(0)
+    cams = [torch.rand(3, 3, 56, 84, generator=gen) for _ in range(2)]
+    pixels, grid = ImageEncoder()(cams)
+    expected, expected_grid = upstream_patches(torch.stack(cams, 1).flatten(0, 1))
+    assert pixels.dtype == torch.float32
+    torch.testing.assert_close(pixels, expected, rtol=0, atol=1e-6)
+    assert torch.equal(grid, expected_grid)
+
+
+def test_image_encoder_takes_uint8_images_as_their_value_over_255():
+    gen = torch.Generator().manual_seed(1)
+    cams = [torch.randint(0, 256, (2, 3, 28, 56), generator=gen, dtype=torch.uint8)]
+    pixels, _ = ImageEncoder()(cams)
+    expected, _ = upstream_patches(cams[0].float() / 255)
+    torch.testing.assert_close(pixels, expected, rtol=0, atol=1e-6)
+
+
+def test_mrope_positions_equal_upstream_rope_index(tiny):
+    config, tokenizer, builder = tiny
+    model = build_vlm(config, tokenizer)
+    instructions = ["pick", "transfer the cube to the other arm", "insert the peg"]
+    substeps = ["lift it", "", "grasp the peg with the left gripper and move it"]
+    tokens = [config.tokens_per_image] * 3
+    right = builder.encode(tokens, instructions, substeps)  # training: right-padded
+    left = builder.encode_prompts(tokens, instructions)  # generation: left-padded
+    grid = torch.tensor([[1, 2 * config.token_grid[0], 2 * config.token_grid[1]]] * 9)
+    for ids, attention in ((right.input_ids, right.attention_mask), left):
+        assert not attention.all()  # both layouts carry padding
+        image_mask = builder.mm_token_type_ids(ids)
+        expected = model.model.get_rope_index(ids, image_mask, grid, attention_mask=attention)
+        positions, deltas = mrope_position_ids(image_mask, attention, config.token_grid)
+        assert torch.equal(positions, expected[0])
+        assert torch.equal(deltas, expected[1])
+
+
+def test_mrope_positions_of_a_wide_image_grid():
+    # one 2 x 3 image between text: text 0..1, image (2, 2+r, 2+c), text resumes at 2 + 3
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 0, 0]])
+    positions, deltas = mrope_position_ids(mask, torch.ones_like(mask), (2, 3))
+    assert positions[:, 0].tolist() == [
+        [0, 1, 2, 2, 2, 2, 2, 2, 5, 6],
+        [0, 1, 2, 2, 2, 3, 3, 3, 5, 6],
+        [0, 1, 2, 3, 4, 2, 3, 4, 5, 6],
+    ]
+    assert deltas.tolist() == [[7 - 10]]
+
+
+def test_vision_layout_equals_what_the_tower_derives_from_the_grid():
+    grid = torch.tensor([[1, 4, 6]] * 5)
+    layout = vision_layout(5, 4, 6, torch.device("cpu"))
+    assert torch.equal(layout["image_position_ids"], get_vision_position_ids(grid, 2))
+    assert torch.equal(layout["image_cu_seqlens"], get_vision_cu_seqlens(grid))
+
+
+def test_batched_vision_tower_equals_upstream_per_image_attention(tiny):
+    config, tokenizer, _ = tiny
+    torch.manual_seed(0)
+    fast = build_vlm(config, tokenizer).model.visual
+    upstream = copy.deepcopy(fast)
+    upstream.patch_embed.__class__ = PatchEmbed
+    for block in upstream.blocks:
+        block.attn.__class__ = VisionAttention
+    pixels, grid = ImageEncoder()([torch.rand(2, 3, 56, 84), torch.rand(2, 3, 56, 84)])
+    outputs = []
+    for tower in (fast, upstream):
+        out = tower(pixels, grid_thw=grid).pooler_output  # (4 * 6, D)
+        out.square().sum().backward()
+        outputs.append((out, [p.grad for p in tower.parameters()]))
+    torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=1e-5, atol=1e-5)
+    for fast_grad, upstream_grad in zip(outputs[0][1], outputs[1][1], strict=True):
+        torch.testing.assert_close(fast_grad, upstream_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_batched_vision_attention_refuses_images_of_different_sizes(tiny):
+    config, tokenizer, _ = tiny
+    visual = build_vlm(config, tokenizer).model.visual
+    small, _ = ImageEncoder()([torch.rand(1, 3, 28, 84)])  # 2 x 6 patches
+    large, _ = ImageEncoder()([torch.rand(1, 3, 56, 56)])  # 4 x 4 patches
+    grid = torch.tensor([[1, 2, 6], [1, 4, 4]])  # 12 + 16 patches: two images, 14 on average
+    with pytest.raises(RuntimeError, match="one size"):
+        visual(torch.cat([small, large]), grid_thw=grid)
 
 
 def test_tiny_backbone_forward_shapes(tiny):

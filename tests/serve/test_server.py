@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import msgpack
 import numpy as np
 import pytest
+import torch
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect
 
@@ -117,7 +118,8 @@ def test_round_trip_with_the_package_client(server: PolicyServer) -> None:
     np.testing.assert_array_equal(reply["actions"], expected_actions([1, 2, 3, 4]))
     assert reply["reasoning"] == "do: stack"
     assert set(reply["server_timing"]) == {"decode_ms", "queue_ms", "infer_ms", "total_ms"}
-    assert set(reply["policy_timing"]) == {"reasoning_ms", "action_ms"}
+    assert set(reply["policy_timing"]) == {"chunk_ms"}
+    assert server.service.policy.calls == 2  # one policy call per request, reasoning inside it
     np.testing.assert_array_equal(reply_float64["actions"], expected_actions([0.5, 0, 0, 0]))
 
 
@@ -335,10 +337,10 @@ def test_serve_command_is_registered_with_loopback_defaults() -> None:
 def test_serve_command_wires_checkpoint_embodiment_and_limits(monkeypatch, served) -> None:
     from dexvla.cli import main
 
-    loaded_from: list[str] = []
+    loaded_from: list[tuple] = []
 
-    def from_pretrained(directory: str) -> EchoPolicy:
-        loaded_from.append(directory)
+    def from_pretrained(directory: str, dtype=None, device=None) -> EchoPolicy:
+        loaded_from.append((directory, dtype, device))
         policy = EchoPolicy()
         policy.config = SimpleNamespace(embodiments=(EMBODIMENT,), chunk_size=CHUNK)
         stats = SimpleNamespace(embodiments=[EMBODIMENT])
@@ -361,8 +363,12 @@ def test_serve_command_wires_checkpoint_embodiment_and_limits(monkeypatch, serve
     ]
     assert main(argv) == 0
     (server,) = served
-    assert loaded_from == ["ckpt"]
+    # no CUDA here: "auto" is the CPU in fp32
+    assert loaded_from == [("ckpt", torch.float32, torch.device("cpu"))]
     assert (server.host, server.api_key, server.max_message_bytes) == ("127.0.0.1", "k", 2**20)
     assert server.service.metadata()["embodiment"] == EMBODIMENT
     assert server.service.metadata()["chunk_size"] == CHUNK
     assert main(["serve", "--checkpoint", "ckpt", "--embodiment", "aloha"]) == 2
+    assert main(["serve", "--checkpoint", "ckpt", "--port", "0", "--dtype", "bfloat16"]) == 0
+    assert loaded_from[-1] == ("ckpt", torch.bfloat16, torch.device("cpu"))
+    assert main(["serve", "--checkpoint", "ckpt", "--device", "cuda:0"]) == 2  # no CUDA: said so

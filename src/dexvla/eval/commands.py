@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from dexvla.eval import DEFAULT_EVAL_SEED
+from dexvla.runtime.device import add_device_arguments
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--max-steps", type=int, default=None, help="episode limit override")
     parser.add_argument("--image-size", default="128", help="N or HxW camera size (default 128)")
-    parser.add_argument("--device", default="cpu", help="torch device for the policy")
+    add_device_arguments(parser)
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads per process (default 1 if K>1)"
     )
@@ -78,6 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         image_size=size[0] if size[0] == size[1] else size,
         device=args.device,
+        dtype=args.dtype,
         threads=threads,
         progress=not args.no_progress and not args.json,
     )

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from dexvla.eval import DEFAULT_EVAL_SEED, report
 from dexvla.eval.rollout import RuntimePolicy, ScriptedPolicy, run_episode
 from dexvla.io import atomic_write_json, atomic_write_text, read_json
+from dexvla.runtime.device import resolve_device, resolve_dtype
 from dexvla.schema import IMAGE_PREFIX
 
 EPISODES_FILE = "episodes.jsonl"
@@ -52,7 +53,8 @@ class EvalConfig:
     """One evaluation. `checkpoint` is required for `policy="checkpoint"`.
 
     max_steps: episode limit (default: the task's). threads: torch threads per process (None
-    leaves torch's default). videos: how many episodes (the first ones) get an mp4.
+    leaves torch's default). videos: how many episodes (the first ones) get an mp4. device,
+    dtype: where the policy runs (`dexvla.runtime.device`; "auto": CUDA + bf16, else CPU + fp32).
     """
 
     task: str
@@ -69,7 +71,8 @@ class EvalConfig:
     async_reasoning: bool = False
     max_steps: int | None = None
     image_size: int | tuple[int, int] = 128
-    device: str = "cpu"
+    device: str = "auto"
+    dtype: str = "auto"
     threads: int | None = None
     progress: bool = True
 
@@ -87,6 +90,7 @@ class EvalConfig:
             raise ValueError(f"videos must be >= 0, got {self.videos}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        resolve_dtype(self.dtype, resolve_device(self.device))
         if self.policy == "checkpoint":
             from dexvla.policy.checkpoint import CONFIG_NAME, read_checkpoint_config
 
@@ -154,7 +158,9 @@ def _init_worker(config: EvalConfig) -> None:
     else:
         from dexvla.policy.modeling import DexVLAPolicy
 
-        model = DexVLAPolicy.from_pretrained(config.checkpoint, device=config.device)
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        model = DexVLAPolicy.from_pretrained(config.checkpoint, dtype=dtype, device=device)
         runtime = RuntimeConfig(
             mode="ensemble" if config.ensemble else "chunk",
             execute_steps=config.execute_steps,

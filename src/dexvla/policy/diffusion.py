@@ -128,8 +128,10 @@ class ActionDiffusion:
 
         actions (B, Hc, A) in [-1, 1]; action_is_pad (B, Hc) bool, True where a step is
         padding (None: no padding). Padded steps contribute neither to the sum nor to the count.
-        A batch with every step padded raises ValueError: it carries no action to learn from and
-        means the data pipeline is broken.
+        A batch with every step padded carries no action to learn from and means the data
+        pipeline is broken: a mask on the CPU raises ValueError; on an accelerator, where the
+        check would wait for the device, the loss is NaN (0 / 0) for the trainer's finite-loss
+        check to stop on. Nothing here reads a device value back to the host.
         """
         if actions.ndim != 3:
             raise ValueError(f"actions: expected (B, Hc, A), got {tuple(actions.shape)}")
@@ -144,7 +146,7 @@ class ActionDiffusion:
             raise ValueError(f"action_is_pad: expected a bool tensor, got {action_is_pad.dtype}")
         valid = (~action_is_pad).float()  # (B, Hc)
         n_valid = valid.sum()
-        if n_valid.item() == 0:
+        if n_valid.device.type == "cpu" and not n_valid:
             raise ValueError("every action step in the batch is padding (action_is_pad all True)")
 
         rng_device = generator.device if generator is not None else actions.device

@@ -41,15 +41,21 @@ from dexvla.policy.checkpoint import (
 from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
 from dexvla.policy.fusion import ReasoningFusion
+from dexvla.policy.inference import Generation, generate, run_prompt, sample_actions
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.policy.scaledp import ScaleDP
+from dexvla.policy.vision_tower import batch_vision_tower
 from dexvla.policy.vlm import (
     IGNORE_INDEX,
+    MERGE_SIZE,
     ImageEncoder,
     PromptBuilder,
     build_vlm,
     load_tokenizer,
     masked_mean,
+    mrope_position_ids,
+    to_device,
+    vision_layout,
 )
 from dexvla.schema import (
     ACTION,
@@ -70,13 +76,15 @@ class Encoding:
 
     `hidden` (B, L, D_vlm): final hidden states (before the LM head); `labels` (B, L): the
     answer's token ids, IGNORE_INDEX elsewhere (the language loss's targets); `prompt` and
-    `reasoning` (B, D_vlm): means over the prompt and over the sub-step tokens.
+    `reasoning` (B, D_vlm): means over the prompt and over the sub-step tokens; `answer_start`:
+    the first position any answer starts at (the language loss reads `hidden` from there).
     """
 
     hidden: torch.Tensor
     labels: torch.Tensor
     prompt: torch.Tensor
     reasoning: torch.Tensor
+    answer_start: int
 
 
 class DexVLAPolicy(nn.Module):
@@ -92,7 +100,10 @@ class DexVLAPolicy(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer or load_tokenizer(config.vlm)
-        self.vlm = vlm if vlm is not None else build_vlm(config.vlm, self.tokenizer)
+        # A given backbone (a loaded checkpoint's) gets the batched vision tower too.
+        self.vlm = (
+            batch_vision_tower(vlm) if vlm is not None else build_vlm(config.vlm, self.tokenizer)
+        )
         vlm_dim = self.vlm.config.text_config.hidden_size
         self.fusion = ReasoningFusion(vlm_dim, config.expert.cond_dim)
         self.expert = ScaleDP(config.expert)
@@ -133,16 +144,15 @@ class DexVLAPolicy(nn.Module):
         """Every camera of `batch`, resized and patchified, as Qwen2-VL's forward takes them.
 
         pixel_values (B * n_cams * patches, 3 * 2 * 14 * 14), image_grid_thw (B * n_cams, 3).
+        Images (float in [0, 1] or uint8) go to the device first; resizing, normalising and
+        patchifying run there.
         """
         cameras = [
-            self.processor.resize(batch[image_key(cam)])  # (B, 3, h, w)
+            self.processor.resize(to_device(batch[image_key(cam)], self.device))  # (B, 3, h, w)
             for cam in get_embodiment(embodiment).cameras
         ]
         pixel_values, grid_thw = self.images(cameras)
-        return {
-            "pixel_values": pixel_values.to(self.device, self.vlm.dtype),
-            "image_grid_thw": grid_thw.to(self.device),
-        }
+        return {"pixel_values": pixel_values.to(self.vlm.dtype), "image_grid_thw": grid_thw}
 
     def encode(
         self,
@@ -159,19 +169,29 @@ class DexVLAPolicy(nn.Module):
         if vision is None:
             vision = self.vision_inputs(batch, embodiment)
         tokens = self.prompts.encode(self._image_tokens(embodiment), list(batch[TASK]), substeps)
-        input_ids = tokens.input_ids.to(self.device)  # (B, L)
+        tokens = tokens.to(self.device)  # (B, L) each
+        image_mask = self.prompts.mm_token_type_ids(tokens.input_ids)
+        token_grid = self.config.vlm.token_grid
+        position_ids, _ = mrope_position_ids(image_mask, tokens.attention_mask, token_grid)
+        rows, cols = (MERGE_SIZE * n for n in token_grid)  # patches per image
+        layout = vision_layout(
+            vision["pixel_values"].shape[0] // (rows * cols), rows, cols, self.device
+        )  # the tower's rotary positions and cu_seqlens, built once per layout
         hidden = self.vlm.model(
-            input_ids=input_ids,
-            attention_mask=tokens.attention_mask.to(self.device),
-            mm_token_type_ids=self.prompts.mm_token_type_ids(input_ids),
+            input_ids=tokens.input_ids,
+            attention_mask=tokens.attention_mask,
+            position_ids=position_ids,  # (3, B, L)
+            mm_token_type_ids=image_mask,
             use_cache=False,
             **vision,
+            **layout,
         ).last_hidden_state  # (B, L, D_vlm)
         return Encoding(
             hidden=hidden,
-            labels=tokens.labels.to(self.device),
-            prompt=masked_mean(hidden, tokens.prompt_mask.to(self.device)),  # (B, D_vlm)
-            reasoning=masked_mean(hidden, tokens.reasoning_mask.to(self.device)),  # (B, D_vlm)
+            labels=tokens.labels,
+            prompt=masked_mean(hidden, tokens.prompt_mask),  # (B, D_vlm)
+            reasoning=masked_mean(hidden, tokens.reasoning_mask),  # (B, D_vlm)
+            answer_start=tokens.answer_start,
         )
 
     def _image_tokens(self, embodiment: str) -> list[int]:
@@ -179,19 +199,27 @@ class DexVLAPolicy(nn.Module):
         return [self.config.vlm.tokens_per_image] * len(get_embodiment(embodiment).cameras)
 
     # ----------------------------------------------------------------------------- training
-    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss on a training batch (layout in docs/interfaces.md) and its metrics."""
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss on a training batch (layout in docs/interfaces.md) and its metrics.
+
+        The metrics are detached 0-d tensors, so the step never waits for the device; whoever
+        logs them reads them (`float(...)`) when it logs.
+        """
         embodiment = self.processor.batch_embodiment(batch)
         substeps = list(batch[SUBSTEP])
         if not self.config.use_reasoning:
             substeps = [""] * len(substeps)
         encoding = self.encode(batch, embodiment, substeps)
 
-        # Language loss on the answer only: position i predicts token i + 1.
-        labels = encoding.labels[:, 1:]
-        answer = labels != IGNORE_INDEX
-        logits = self.vlm.lm_head(encoding.hidden[:, :-1][answer])  # (N_answer, V)
-        language_loss = F.cross_entropy(logits.float(), labels[answer])
+        # Language loss on the answer only: position i predicts token i + 1. The LM head runs
+        # from the first position that can predict an answer token (a fixed slice: no
+        # data-dependent shapes), and cross_entropy skips the other positions.
+        start = encoding.answer_start - 1
+        logits = self.vlm.lm_head(encoding.hidden[:, start:-1])  # (B, L - 1 - start, V)
+        targets = encoding.labels[:, start + 1 :]  # (B, L - 1 - start)
+        language_loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
+        )
 
         cond = self.fusion(encoding.prompt, encoding.reasoning).to(self.dtype)  # (B, C)
         # K noise draws per observation: the expert's batch is the batch repeated K times.
@@ -204,14 +232,14 @@ class DexVLAPolicy(nn.Module):
 
         loss = action_loss + self.config.llm_loss_weight * language_loss
         metrics = {
-            "loss": float(loss.detach()),
-            "action_loss": float(action_loss.detach()),
-            "language_loss": float(language_loss.detach()),
+            "loss": loss.detach(),
+            "action_loss": action_loss.detach(),
+            "language_loss": language_loss.detach(),
         }
         return loss, metrics
 
     # ---------------------------------------------------------------------------- inference
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate_reasoning(self, observation: Observations) -> Reasoning:
         """Let the VLM write the current sub-step for each observation (greedy decoding)."""
         batch, embodiment = self.processor.prepare(observation)
@@ -219,7 +247,7 @@ class DexVLAPolicy(nn.Module):
         reasoning, _ = self._reason(batch, embodiment, vision, isinstance(observation, dict))
         return reasoning
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_action_chunk(
         self,
         observation: Observations,
@@ -228,72 +256,71 @@ class DexVLAPolicy(nn.Module):
     ) -> tuple[np.ndarray, Reasoning]:
         """A chunk of actions in robot units: (Hc, A) for one observation, (B, Hc, A) for a list.
 
-        With `reasoning` given (e.g. cached from an earlier step), the VLM only reads the current
-        images and instruction and no text is generated; otherwise the sub-step is generated.
+        Without `reasoning`, the sub-step is generated: one vision pass, one prompt prefill and
+        the decoding, whose states give both pooled spans. With `reasoning` given (cached from
+        an earlier step), the VLM reads the current images and instruction in one prompt pass
+        and writes nothing. Every call computes its own positions and caches (no state on the
+        model), so a reasoning thread may run beside it (`dexvla.policy.inference`).
         """
-        batch, embodiment = self.processor.prepare(observation)  # (B, 3, H, W), state (B, S)
+        batch, embodiment = self.processor.prepare(observation)  # uint8 images, state (B, S)
         single, size = isinstance(observation, dict), len(batch[TASK])
         vision = self.vision_inputs(batch, embodiment)
         if reasoning is None:
             reasoning, prompt = self._reason(batch, embodiment, vision, single)
         else:
             check_cached_reasoning(reasoning, size)
-            prompt = None
-        if prompt is None:
-            # The prompt comes before the answer and attention is causal, so its states do not
-            # depend on the sub-step: pass the prompt with an empty answer (a shorter sequence).
-            prompt = self.encode(batch, embodiment, [""] * size, vision).prompt  # (B, D_vlm)
-        cond = self.fusion(prompt, reasoning.states.to(prompt.dtype)).to(self.dtype)  # (B, C)
+            prompt = self._prompt_states(batch, embodiment, vision)
+        cond = self.fusion(prompt, reasoning.states.to(prompt)).to(self.dtype)  # (B, C)
         state = batch[STATE].to(self.device, self.dtype)  # (B, S)
-        normalised = self.diffusion.sample(
+        normalised = sample_actions(
+            self.diffusion,
             self.expert.denoiser(cond, state, embodiment),
             (size, self.config.chunk_size, get_embodiment(embodiment).action_dim),
             device=self.device,
-            dtype=torch.float32,
+            dtype=self.dtype,
             generator=generator,
-        )  # (B, Hc, A) in [-1, 1]
+        )  # (B, Hc, A) fp32 in [-1, 1]
         actions = self.processor.unnormalize_actions(normalised.cpu().numpy(), embodiment)
         return (actions[0] if single else actions), reasoning
 
     def _reason(
         self, batch: dict[str, Any], embodiment: str, vision: dict[str, torch.Tensor], single: bool
-    ) -> tuple[Reasoning, torch.Tensor | None]:
-        """The generated sub-step(s) with their pooled states (B, D_vlm), and the prompt states
-        (B, D_vlm) of the same pass. Without reasoning: empty text, zero states, no pass (None).
+    ) -> tuple[Reasoning, torch.Tensor]:
+        """The generated sub-step(s) with their pooled states (B, D_vlm), and the pooled prompt
+        states (B, D_vlm) of the same pass. Without reasoning: empty text, zero states.
         """
         size = len(batch[TASK])
         if not self.config.use_reasoning:
-            states = torch.zeros(size, self.fusion.vlm_dim, device=self.device)
-            return Reasoning(text="" if single else [""] * size, states=states), None
-        texts = self._generate(batch, embodiment, vision)
-        encoding = self.encode(batch, embodiment, texts, vision)
-        reasoning = Reasoning(text=texts[0] if single else texts, states=encoding.reasoning)
-        return reasoning, encoding.prompt
+            prompt = self._prompt_states(batch, embodiment, vision)
+            texts, states = [""] * size, torch.zeros_like(prompt)
+        else:
+            generation = self._generate(batch, embodiment, vision)
+            texts, states, prompt = generation.texts, generation.reasoning, generation.prompt
+        return Reasoning(text=texts[0] if single else texts, states=states), prompt
 
     def _generate(
         self, batch: dict[str, Any], embodiment: str, vision: dict[str, torch.Tensor]
-    ) -> list[str]:
-        """Greedy answers to the prompts; the sub-step is each answer's text before the suffix."""
-        input_ids, attention = self.prompts.encode_prompts(
-            self._image_tokens(embodiment), list(batch[TASK])
-        )  # (B, L) each, left-padded
-        input_ids = input_ids.to(self.device)
-        generated = self.vlm.generate(
-            input_ids=input_ids,
-            attention_mask=attention.to(self.device),
-            mm_token_type_ids=self.prompts.mm_token_type_ids(input_ids),
-            max_new_tokens=self.config.vlm.max_new_tokens,
-            do_sample=False,
-            eos_token_id=self.prompts.im_end,
-            pad_token_id=self.prompts.pad_id,
-            **vision,
-        )  # (B, L + new)
-        texts = self.tokenizer.batch_decode(
-            generated[:, input_ids.shape[1] :], skip_special_tokens=True
+    ) -> Generation:
+        """Greedy sub-steps and both pooled spans from one prompt prefill (left-padded)."""
+        return generate(
+            self.vlm,
+            self.prompts,
+            self._image_tokens(embodiment),
+            list(batch[TASK]),
+            vision,
+            self.config.vlm.max_new_tokens,
         )
-        return [self.prompts.parse_answer(text) for text in texts]
 
-    @torch.no_grad()
+    def _prompt_states(
+        self, batch: dict[str, Any], embodiment: str, vision: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Pooled prompt states (B, D_vlm) from one pass over the prompts alone (no answer)."""
+        tokens = self._image_tokens(embodiment)
+        return run_prompt(
+            self.vlm, self.prompts, tokens, list(batch[TASK]), vision, use_cache=False
+        ).pooled
+
+    @torch.inference_mode()
     def select_action(self, observation: Observation) -> np.ndarray:
         """The next action (A,) for one observation, running a new chunk when the queue is empty."""
         if not self._queue:

@@ -2,8 +2,8 @@
 
 `DexVLAProcessor` validates raw observations (what a robot, a simulator or the server sends),
 turns them into the model's batch layout, normalises state (z-score) and un-normalises actions
-(min-max [-1, 1] -> robot units) per embodiment. `resize_images` is the one image resize used
-by training and inference alike, so the VLM always sees the same token count per camera.
+(min-max [-1, 1] -> robot units) per embodiment. `dexvla.imaging.resize_images` is the one
+resize used by training and inference alike, so the VLM sees the same token count per camera.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dexvla.embodiments import get_embodiment
+from dexvla.imaging import resize_images, to_unit_float
 from dexvla.schema import (
     ACTION,
     EMBODIMENT,
@@ -26,16 +26,6 @@ from dexvla.schema import (
     image_key,
 )
 from dexvla.stats import DatasetStats, Normalizer
-
-
-def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize float images (B, 3, H, W) in [0, 1] to `size` (h, w): bilinear with antialiasing."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    resized = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True)
-    return resized.clamp(0.0, 1.0)
 
 
 class DexVLAProcessor:
@@ -52,8 +42,13 @@ class DexVLAProcessor:
         self.stats = stats
         self.normalizer = Normalizer(stats) if stats is not None else None
 
-    def resize(self, images: torch.Tensor) -> torch.Tensor:
-        return resize_images(images, self.image_size)
+    def resize(
+        self, images: torch.Tensor, device: torch.device | str | None = None
+    ) -> torch.Tensor:
+        """Camera images (B, 3, H, W), uint8 or float in [0, 1], -> float32 in [0, 1] at the
+        policy's size, on `device` (default: where they are). uint8 images travel as uint8 and
+        are converted there, so a batch moves to an accelerator at a quarter of the bytes."""
+        return resize_images(to_unit_float(images.to(device)), self.image_size)
 
     def set_stats(self, stats: DatasetStats) -> None:
         self.stats = stats
@@ -125,7 +120,8 @@ class DexVLAProcessor:
         return embodiment
 
     def prepare(self, observations: Observations) -> tuple[dict[str, Any], str]:
-        """Raw observation(s) -> a model batch (images float [0, 1], normalised state)."""
+        """Raw observation(s) -> a model batch: images uint8 (B, 3, H, W) as the cameras gave
+        them (`resize` converts them), state (B, S) normalised."""
         items = [observations] if isinstance(observations, dict) else list(observations)
         if not items:
             raise ValueError("no observations given")
@@ -139,7 +135,7 @@ class DexVLAProcessor:
         }
         for cam in get_embodiment(embodiment).cameras:
             images = np.stack([np.asarray(obs[image_key(cam)]) for obs in items])
-            batch[image_key(cam)] = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+            batch[image_key(cam)] = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8
         state = np.stack([np.asarray(obs[STATE], dtype=np.float32) for obs in items])
         normalizer = self._require_normalizer()
         batch[STATE] = torch.from_numpy(

@@ -5,21 +5,29 @@ and then the instruction, and an assistant turn whose answer is `"{substep} Next
 the end token. The builder tokenises each piece separately and records where the prompt, the
 sub-step (reasoning tokens) and the answer lie, so no span is ever inferred from label values
 or hard-coded token ids.
+
+What upstream computes on the host inside every forward is done here on the device, once per
+layout where it can be: the image processor's patchify (`ImageEncoder`), the M-RoPE position
+ids (`mrope_position_ids`) and the vision tower's per-patch layout (`vision_layout`); each is
+tested equal to upstream's result.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, Qwen2VLConfig
 from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from transformers.vision_utils import get_vision_position_ids
 
+from dexvla.imaging import to_unit_float
 from dexvla.policy.tokenizer import load_tiny_tokenizer
+from dexvla.policy.vision_tower import batch_vision_tower
 from dexvla.schema import check_known_fields
 
 ANSWER_SUFFIX = "Next action:"
@@ -27,6 +35,7 @@ IGNORE_INDEX = -100
 # Qwen2-VL's vision tower: 14 px patches, 2x2 merged into one token, 2 frames a temporal patch.
 PATCH_SIZE = 14
 MERGE_SIZE = 2
+TEMPORAL_PATCH_SIZE = 2
 PIXELS_PER_TOKEN = PATCH_SIZE * MERGE_SIZE
 
 
@@ -58,8 +67,14 @@ class VLMConfig:
             raise ValueError(f"VLM {self.name!r}: max_new_tokens must be positive")
 
     @property
+    def token_grid(self) -> tuple[int, int]:
+        """(rows, columns) of an image's tokens after the vision tower's 2x2 merge."""
+        return self.image_size[0] // PIXELS_PER_TOKEN, self.image_size[1] // PIXELS_PER_TOKEN
+
+    @property
     def tokens_per_image(self) -> int:
-        return (self.image_size[0] // PIXELS_PER_TOKEN) * (self.image_size[1] // PIXELS_PER_TOKEN)
+        rows, columns = self.token_grid
+        return rows * columns
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -127,22 +142,54 @@ def build_vlm(
     """Qwen2-VL with real weights (`config.pretrained`) or random weights from the config.
 
     Under `with torch.device("meta"):` a random build allocates nothing (parameter counting).
+    The vision tower gets the batched attention and GEMM patch embedding (`batch_vision_tower`).
     """
     if config.pretrained is not None:
-        return Qwen2VL.from_pretrained(config.pretrained, dtype=dtype or torch.float32)
-    model = Qwen2VL(qwen2vl_config(config, tokenizer))
-    return model.to(dtype) if dtype is not None else model
+        model = Qwen2VL.from_pretrained(config.pretrained, dtype=dtype or torch.float32)
+    else:
+        model = Qwen2VL(qwen2vl_config(config, tokenizer))
+        model = model.to(dtype) if dtype is not None else model
+    return batch_vision_tower(model)
 
 
 @dataclass
 class EncodedPrompts:
-    """A right-padded batch of prompts with answers, and the masks of their spans. All (B, L)."""
+    """A right-padded batch of prompts with answers, and the masks of their spans. All (B, L).
+
+    `answer_start`: the first position any row's answer can start at (the shortest prompt's
+    length), so the language loss needs the LM head only from there on.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     prompt_mask: torch.Tensor
     reasoning_mask: torch.Tensor
+    answer_start: int
+
+    def to(self, device: torch.device) -> EncodedPrompts:
+        """The same prompts on `device`, in one (pinned, asynchronous on CUDA) copy."""
+        packed = torch.stack(
+            [
+                self.input_ids,
+                self.attention_mask,
+                self.labels,
+                self.prompt_mask.long(),
+                self.reasoning_mask.long(),
+            ]
+        )  # (5, B, L)
+        ids, attention, labels, prompt, reasoning = to_device(packed, device).unbind(0)
+        return EncodedPrompts(
+            ids, attention, labels, prompt.bool(), reasoning.bool(), self.answer_start
+        )
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; to CUDA through pinned memory, so the copy does not block."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 class PromptBuilder:
@@ -158,11 +205,13 @@ class PromptBuilder:
             raise ValueError("the tokenizer lacks Qwen2-VL's chat and vision special tokens")
         self.im_start, self.im_end, self.vision_start, self.vision_end, self.image_pad = ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.im_end
+        # Training sees the same instructions and sub-steps again and again: tokenise each once.
+        self._text = functools.lru_cache(maxsize=4096)(self._tokenize)
         self._system = [self.im_start, *self._text("system\n" + system_prompt), self.im_end]
         self._system += self._text("\n")
 
-    def _text(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False) if text else []
+    def _tokenize(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer.encode(text, add_special_tokens=False)) if text else ()
 
     def prompt_ids(self, tokens_per_image: list[int], instruction: str) -> list[int]:
         """System turn, user turn (images then instruction), and the assistant turn's opening."""
@@ -207,7 +256,10 @@ class PromptBuilder:
             attention[row, :total] = 1
             prompt_mask[row, :n_prompt] = True
             reasoning_mask[row, n_prompt : n_prompt + n_reasoning] = True
-        return EncodedPrompts(input_ids, attention, labels, prompt_mask, reasoning_mask)
+        answer_start = min(len(prompt) for prompt, _, _ in rows)
+        return EncodedPrompts(
+            input_ids, attention, labels, prompt_mask, reasoning_mask, answer_start
+        )
 
     def encode_prompts(
         self, tokens_per_image: list[int], instructions: list[str]
@@ -232,25 +284,105 @@ class PromptBuilder:
 
 
 class ImageEncoder:
-    """Turns resized camera images into Qwen2-VL's patch sequence with its image processor.
+    """Qwen2-VL's image processor (normalise, then patchify) in torch, on the images' device.
 
-    Images arrive already resized (by `dexvla.policy.processor.resize_images`, the one function used
-    in training and inference), so the processor only normalises and patchifies.
+    Images arrive already resized (by `dexvla.imaging.resize_images`, the one resize of training
+    and inference), so only normalisation and patchifying are left. The output equals
+    `Qwen2VLImageProcessorPil(do_resize=False, do_rescale=False)` on the same images (a test
+    compares them), without the round trip through numpy on the CPU.
     """
 
     def __init__(self) -> None:
-        self.processor = Qwen2VLImageProcessorPil(do_resize=False, do_rescale=False)
+        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """OpenAI CLIP's channel mean and std (1, 3, 1, 1), copied to each device once."""
+        if device not in self._stats:
+            mean = torch.tensor(OPENAI_CLIP_MEAN, device=device).view(1, 3, 1, 1)
+            self._stats[device] = (
+                mean,
+                torch.tensor(OPENAI_CLIP_STD, device=device).view(1, 3, 1, 1),
+            )
+        return self._stats[device]
 
     def __call__(self, cameras: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """cameras: one (B, 3, h, w) float tensor in [0, 1] per camera, all the same size.
+        """cameras: one (B, 3, h, w) tensor per camera, all the same size: float in [0, 1] or
+        uint8 (converted on their device).
 
-        Returns pixel_values (B * n_cams * patches, 3 * 2 * 14 * 14) and image_grid_thw
+        Returns pixel_values (B * n_cams * patches, 3 * 2 * 14 * 14) float32 and image_grid_thw
         (B * n_cams, 3), sample-major (sample 0's cameras first) as the prompt lists them.
         """
-        stacked = torch.stack(cameras, dim=1)  # (B, n_cams, 3, h, w)
-        images = stacked.flatten(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
-        out = self.processor(images=list(np.ascontiguousarray(images)), return_tensors="pt")
-        return out["pixel_values"], out["image_grid_thw"]
+        images = to_unit_float(torch.stack(cameras, dim=1).flatten(0, 1))  # (N, 3, h, w)
+        mean, std = self._mean_std(images.device)
+        n, channels, height, width = images.shape
+        rows, cols = height // PATCH_SIZE, width // PATCH_SIZE
+        patches = ((images - mean) / std).reshape(
+            n,
+            channels,
+            rows // MERGE_SIZE,
+            MERGE_SIZE,
+            PATCH_SIZE,
+            cols // MERGE_SIZE,
+            MERGE_SIZE,
+            PATCH_SIZE,
+        )
+        # (n, rows/2, cols/2, 2, 2, C, 14, 14): each 2x2 block of patches together, row-major
+        patches = patches.permute(0, 2, 5, 3, 6, 1, 4, 7)
+        # one image is a clip of TEMPORAL_PATCH_SIZE identical frames
+        patches = patches.unsqueeze(6).expand(*patches.shape[:6], TEMPORAL_PATCH_SIZE, -1, -1)
+        pixel_values = patches.reshape(n * rows * cols, -1)
+        grid = torch.ones(
+            n, 3, dtype=torch.long, device=images.device
+        )  # (t, h, w) = (1, rows, cols)
+        grid[:, 1], grid[:, 2] = rows, cols
+        return pixel_values, grid
+
+
+@functools.lru_cache(maxsize=16)
+def vision_layout(
+    n_images: int, rows: int, cols: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The vision tower's per-patch inputs that depend only on the image layout, built once.
+
+    Qwen2-VL's tower derives its rotary positions and `cu_seqlens` from image_grid_thw with a
+    Python loop over images (and a host read) in every forward; for `n_images` images of
+    rows x cols patches (before the merge) they are the same every step. Qwen2-VL's forward
+    takes them precomputed as `image_position_ids` (N_img * rows * cols, 2) and
+    `image_cu_seqlens` (N_img + 1,). Callers must not modify them (they are cached).
+    """
+    one = get_vision_position_ids(torch.tensor([[1, rows, cols]]), MERGE_SIZE)  # (rows*cols, 2)
+    cu_seqlens = torch.arange(n_images + 1, dtype=torch.int32) * (rows * cols)
+    return {
+        "image_position_ids": one.repeat(n_images, 1).to(device),
+        "image_cu_seqlens": cu_seqlens.to(device),
+    }
+
+
+def mrope_position_ids(
+    image_mask: torch.Tensor, attention_mask: torch.Tensor, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Qwen2-VL's M-RoPE positions, as upstream `get_rope_index` computes them, in one pass.
+
+    image_mask (B, L): set at image tokens; attention_mask (B, L): set at real tokens (left or
+    right padding); grid: every image's (rows, cols) of tokens (all images one size, one frame).
+    Text tokens count up by one; an image's tokens sit at (start, start + row, start + col), and
+    the text after it resumes at start + max(rows, cols). Padding gets 0.
+    Returns position_ids (3, B, L) and rope_deltas (B, 1) (max position + 1 - real tokens).
+    """
+    rows, cols = grid
+    per_image, advance = rows * cols, max(rows, cols)
+    valid = attention_mask.bool()
+    image = (image_mask.bool() & valid).long()
+    index = valid.long().cumsum(1) - 1  # (B, L) position among the row's real tokens
+    before = image.cumsum(1) - image  # (B, L) image tokens before each position
+    # 1-D position: each earlier image counts `advance` instead of its token count; for an
+    # image token this is its image's start
+    base = index - before + (before // per_image) * advance
+    offset = (before % per_image) * image  # (B, L) place within its image (0 for text)
+    positions = torch.stack([base, base + offset // cols, base + offset % cols])  # (3, B, L)
+    positions = positions.masked_fill(~valid, 0)
+    deltas = positions.amax(dim=(0, 2)) + 1 - valid.sum(1)  # (B,)
+    return positions, deltas.unsqueeze(1)
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

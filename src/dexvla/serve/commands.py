@@ -9,6 +9,8 @@ import logging
 import os
 from collections.abc import Sequence
 
+from dexvla.runtime.device import add_device_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -34,17 +36,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=32.0,
         help="largest observation message accepted, in MiB (default: 32)",
     )
+    add_device_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from dexvla.policy.modeling import DexVLAPolicy
+    from dexvla.runtime.device import resolve_device, resolve_dtype
     from dexvla.serve.server import PolicyServer
     from dexvla.serve.service import ChunkPolicyService
 
     if args.max_message_mb <= 0:
         raise ValueError(f"--max-message-mb must be positive, got {args.max_message_mb}")
-    policy = DexVLAPolicy.from_pretrained(args.checkpoint)
+    device = resolve_device(args.device)
+    policy = DexVLAPolicy.from_pretrained(
+        args.checkpoint, dtype=resolve_dtype(args.dtype, device), device=device
+    )
     embodiment = served_embodiment(
         args.embodiment, policy.config.embodiments, policy.processor.require_stats().embodiments
     )

@@ -198,3 +198,120 @@ def test_runs_with_bf16_weights():
     out = model(*inputs(config, "aloha"))
     assert out.dtype == torch.bfloat16
     assert out.isfinite().all()
+
+
+def reference_forward(model: ScaleDP, noisy, timesteps, cond, state, embodiment):
+    """The whole pass written out from the submodules, every term recomputed (the pre-issue-13
+    forward), to check the denoiser's hoisted constants against."""
+    x = model.action_in[embodiment](noisy) + model.pos_embed[:, : noisy.shape[1]]
+    s = model.state_in[embodiment](state)
+    c = model.cond_embedder(torch.cat([cond, s], dim=-1)) + model.t_embedder(timesteps)
+    for block in model.blocks:
+        x = block(x, c)
+    return model.action_out[embodiment](model.final_layer(x, c))
+
+
+@pytest.mark.parametrize("name", ["aloha", "hand"])
+def test_denoiser_matches_the_full_pass_at_every_step(name):
+    config = tiny_config()
+    model = ScaleDP(config).eval()
+    randomise_zero_inits(model)
+    x, _, cond, state, _ = inputs(config, name, batch=3, steps=7)
+    denoise = model.denoiser(cond, state, name)
+    with torch.no_grad():
+        for t in (99, 50, 3, 0):
+            timesteps = torch.full((3,), t)
+            noisy = torch.randn_like(x)
+            expected = reference_forward(model, noisy, timesteps, cond, state, name)
+            torch.testing.assert_close(denoise(noisy, timesteps), expected, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(
+                model(noisy, timesteps, cond, state, name), expected, rtol=1e-6, atol=1e-6
+            )
+
+
+def test_denoiser_gradients_match_the_full_pass():
+    config = tiny_config()
+    model = ScaleDP(config).train()
+    randomise_zero_inits(model)
+    x, t, cond, state, name = inputs(config, "aloha")
+    reference_forward(model, x, t, cond, state, name).square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.denoiser(cond, state, name)(x, t).square().sum().backward()
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for key, grad in expected.items():
+        torch.testing.assert_close(got[key], grad, rtol=1e-6, atol=1e-6)
+
+
+def test_denoiser_checks_the_condition_once_and_each_new_step_shape():
+    config = tiny_config()
+    model = ScaleDP(config)
+    x, t, cond, state, name = inputs(config, "aloha", batch=3)
+    with pytest.raises(ValueError, match=r"cond: expected \(3, 24\), got \(3, 23\)"):
+        model.denoiser(cond[:, :-1], state, name)
+    with pytest.raises(ValueError, match=r"state: expected \(3, 14\)"):
+        model.denoiser(cond, state[:2], name)
+    with pytest.raises(ValueError, match="unknown embodiment 'ur5'"):
+        model.denoiser(cond, state, "ur5")
+    denoise = model.denoiser(cond, state, name)
+    assert denoise(x, t).shape == (3, 10, 14)
+    # A new shape after a good one is checked again (the shape check is cached, not skipped).
+    assert denoise(x[:, :4], t).shape == (3, 4, 14)
+    with pytest.raises(ValueError, match=r"noisy_actions: expected batch 3 \(the condition's\)"):
+        denoise(x[:2], t[:2])
+    with pytest.raises(ValueError, match=r"timesteps: expected \(3,\)"):
+        denoise(x, t[:2])
+    with pytest.raises(ValueError, match="Hc <= 10"):
+        denoise(torch.randn(3, 11, 14), t)
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_eager():
+    config = tiny_config()
+    model = ScaleDP(config).eval()
+    randomise_zero_inits(model)
+    x, t, cond, state, name = inputs(config, "aloha")
+    with torch.inference_mode():
+        eager = model.denoiser(cond, state, name)(x, t)
+        model.compile_steps()
+        compiled = model.denoiser(cond, state, name)
+        for _ in range(2):  # the first call compiles, the second reuses it
+            torch.testing.assert_close(compiled(x, t), eager, rtol=1e-5, atol=1e-5)
+    model.compile_steps(enabled=False)
+    assert model.compiled_step is None
+
+
+def test_compiled_step_is_used_only_for_sampling():
+    config = tiny_config()
+    model = ScaleDP(config)
+    x, t, cond, state, name = inputs(config, "aloha")
+    calls = []
+
+    def fake_compiled(*args):
+        calls.append(len(args))
+        return model.denoise_step(*args)
+
+    model.compiled_step = fake_compiled
+    model.train()
+    model.denoiser(cond, state, name)(x, t)
+    with torch.no_grad():
+        model.denoiser(cond, state, name)(x, t)
+    model.eval()
+    model.denoiser(cond, state, name)(x, t)  # autograd on: eager
+    assert calls == []
+    with torch.inference_mode():
+        model.denoiser(cond, state, name)(x, t)
+    assert calls == [6]
+
+
+def test_every_denoising_step_is_a_module_call():
+    config = tiny_config()
+    model = ScaleDP(config)
+    x, t, cond, state, name = inputs(config, "aloha")
+    seen = []
+    model.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+    denoise = model.denoiser(cond, state, name)
+    for _ in range(3):
+        denoise(x, t)
+    assert seen == [(3, 10, 14)] * 3

@@ -113,17 +113,22 @@ class TimestepEmbedder(nn.Module):
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
-    def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
-        """(B,) int or float timesteps -> (B, freq_dim) fp32 features (as in DiT / ADM)."""
+    def frequencies(self, device: torch.device) -> torch.Tensor:
+        """(freq_dim / 2,) fp32 sinusoid frequencies: constants, so a sampler computes them once."""
         half = self.freq_dim // 2
-        freqs = torch.exp(
-            -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+        return torch.exp(
+            -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=device) / half
         )
+
+    def sinusoid(self, t: torch.Tensor, freqs: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) int or float timesteps -> (B, freq_dim) fp32 features (as in DiT / ADM)."""
+        freqs = self.frequencies(t.device) if freqs is None else freqs
         args = t.float()[:, None] * freqs[None]
         return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.sinusoid(t).to(self.mlp[0].weight.dtype))
+    def forward(self, t: torch.Tensor, freqs: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) timesteps -> (B, D); `freqs` from `frequencies` saves recomputing them."""
+        return self.mlp(self.sinusoid(t, freqs).to(self.mlp[0].weight.dtype))
 
 
 class Attention(nn.Module):
@@ -193,17 +198,34 @@ class FinalLayer(nn.Module):
         return modulate(self.norm(x), shift, scale)
 
 
+@dataclass
+class PreparedCondition:
+    """One chunk's constants, shared by all its denoising steps (made by `ScaleDP.prepare`).
+
+    `embedding` is MLP(cond ++ projected state) (B, D) and `freqs` the sinusoid frequencies;
+    `checked` holds the last (noisy, timesteps) shapes that passed the input checks, and
+    `pos_embed` the positional slice (1, Hc, D) for them, so a step re-checks only new shapes.
+    """
+
+    embedding: torch.Tensor
+    freqs: torch.Tensor
+    checked: tuple[torch.Size, ...] = ()
+    pos_embed: torch.Tensor | None = None
+
+
 class ScaleDP(nn.Module):
     """The action expert: predicts the noise in a noisy action chunk.
 
     Set `gradient_checkpointing = True` to recompute each block in the backward pass (saves
-    activation memory in training; no effect in eval or under `torch.no_grad`).
+    activation memory in training; no effect in eval or under `torch.no_grad`). Call
+    `compile_steps()` to run inference denoising steps through `torch.compile` (off by default).
     """
 
     def __init__(self, config: ScaleDPConfig) -> None:
         super().__init__()
         self.config = config
         self.gradient_checkpointing = False
+        self.compiled_step: Callable[..., torch.Tensor] | None = None
         D = config.width
         names = list(config.embodiments)
         # Per-embodiment projections in and out of the shared trunk.
@@ -242,20 +264,26 @@ class ScaleDP(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def _check_inputs(
-        self,
-        noisy_actions: torch.Tensor,
-        timesteps: torch.Tensor,
-        cond: torch.Tensor,
-        state: torch.Tensor,
-        embodiment: str,
-    ) -> None:
+    def _check_condition(self, cond: torch.Tensor, state: torch.Tensor, embodiment: str) -> None:
         cfg = self.config
         if embodiment not in cfg.embodiments:
             raise ValueError(
                 f"unknown embodiment {embodiment!r}; this ScaleDP has {sorted(cfg.embodiments)}"
             )
-        action_dim, state_dim = cfg.embodiments[embodiment]
+        state_dim = cfg.embodiments[embodiment][1]
+        B = cond.shape[0] if cond.ndim else 0
+        if cond.shape != (B, cfg.cond_dim):
+            raise ValueError(f"cond: expected ({B}, {cfg.cond_dim}), got {tuple(cond.shape)}")
+        if state.shape != (B, state_dim):
+            raise ValueError(
+                f"state: expected ({B}, {state_dim}) for {embodiment!r}, got {tuple(state.shape)}"
+            )
+
+    def _check_step(
+        self, noisy_actions: torch.Tensor, timesteps: torch.Tensor, batch: int, embodiment: str
+    ) -> None:
+        cfg = self.config
+        action_dim = cfg.embodiments[embodiment][0]
         if noisy_actions.ndim != 3 or noisy_actions.shape[-1] != action_dim:
             raise ValueError(
                 f"noisy_actions: expected (B, Hc, {action_dim}) for {embodiment!r}, "
@@ -266,18 +294,63 @@ class ScaleDP(nn.Module):
             raise ValueError(f"noisy_actions: expected 1 <= Hc <= {cfg.chunk_size}, got Hc={Hc}")
         if timesteps.shape != (B,):
             raise ValueError(f"timesteps: expected ({B},), got {tuple(timesteps.shape)}")
-        if cond.shape != (B, cfg.cond_dim):
-            raise ValueError(f"cond: expected ({B}, {cfg.cond_dim}), got {tuple(cond.shape)}")
-        if state.shape != (B, state_dim):
-            raise ValueError(
-                f"state: expected ({B}, {state_dim}) for {embodiment!r}, got {tuple(state.shape)}"
-            )
+        if batch != B:
+            raise ValueError(f"noisy_actions: expected batch {batch} (the condition's), got {B}")
+
+    def prepare(
+        self, cond: torch.Tensor, state: torch.Tensor, embodiment: str
+    ) -> PreparedCondition:
+        """Check (cond, state) and compute the timestep-free part of the adaLN condition once:
+        cond (B, C), state (B, S_e) -> MLP(cond ++ projected state) (B, D), plus constants."""
+        self._check_condition(cond, state, embodiment)
+        dtype = self.pos_embed.dtype
+        s = self.state_in[embodiment](state.to(dtype))  # (B, state_embed_dim)
+        embedding = self.cond_embedder(torch.cat([cond.to(dtype), s], dim=-1))  # (B, D)
+        freqs = self.t_embedder.frequencies(embedding.device)  # (freq_dim / 2,)
+        return PreparedCondition(embedding, freqs)
+
+    def denoise_step(
+        self,
+        noisy_actions: torch.Tensor,
+        timesteps: torch.Tensor,
+        condition: torch.Tensor,
+        embodiment: str,
+        pos_embed: torch.Tensor,
+        freqs: torch.Tensor,
+    ) -> torch.Tensor:
+        """One denoising pass on checked inputs: (B, Hc, A_e), (B,), (B, D) from `condition`,
+        pos_embed (1, Hc, D), freqs from `TimestepEmbedder.frequencies` -> noise (B, Hc, A_e)."""
+        x = self.action_in[embodiment](noisy_actions.to(pos_embed.dtype))  # (B, Hc, D)
+        x = x + pos_embed  # (B, Hc, D)
+        c = condition + self.t_embedder(timesteps, freqs)  # (B, D)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for block in self.blocks:
+            x = checkpoint(block, x, c, use_reentrant=False) if recompute else block(x, c)
+        x = self.final_layer(x, c)  # (B, Hc, D)
+        return self.action_out[embodiment](x)  # (B, Hc, A_e)
+
+    def compile_steps(self, enabled: bool = True) -> None:
+        """Run `denoise_step` through `torch.compile` in eval mode without autograd (sampling).
+
+        The first step of each new shape compiles (tens of seconds); later chunks reuse it.
+        Training and grad-enabled calls stay eager. On a 2-core CPU the tiny expert's steps take
+        ~0.8x the eager time; outputs match eager to float rounding (~1e-6).
+        """
+        self.compiled_step = torch.compile(self.denoise_step, dynamic=False) if enabled else None
 
     def denoiser(
         self, cond: torch.Tensor, state: torch.Tensor, embodiment: str
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """`denoise(noisy, timesteps)` for one condition, as the diffusion loss and sampler use."""
-        return lambda noisy, timesteps: self(noisy, timesteps, cond, state, embodiment)
+        """`denoise(noisy, timesteps)` for one condition, as the diffusion loss and sampler use.
+
+        The chunk's constants (state projection, condition MLP, sinusoid frequencies, the
+        positional slice) and the input checks run once, not per step. Each step is still a
+        call of this module, so its hooks see every pass.
+        """
+        prepared = self.prepare(cond, state, embodiment)
+        return lambda noisy, timesteps: self(
+            noisy, timesteps, cond, state, embodiment, prepared=prepared
+        )
 
     def forward(
         self,
@@ -286,22 +359,26 @@ class ScaleDP(nn.Module):
         cond: torch.Tensor,
         state: torch.Tensor,
         embodiment: str,
+        prepared: PreparedCondition | None = None,
     ) -> torch.Tensor:
-        """(B, Hc, A_e), (B,), (B, C), (B, S_e), name -> predicted noise (B, Hc, A_e)."""
-        self._check_inputs(noisy_actions, timesteps, cond, state, embodiment)
-        dtype = self.pos_embed.dtype
-        Hc = noisy_actions.shape[1]
-        # Tokens: one per action step.
-        x = self.action_in[embodiment](noisy_actions.to(dtype))  # (B, Hc, D)
-        x = x + self.pos_embed[:, :Hc]  # (B, Hc, D)
-        # Condition: timestep embedding + MLP(cond ++ projected state).
-        s = self.state_in[embodiment](state.to(dtype))  # (B, state_embed_dim)
-        c = self.cond_embedder(torch.cat([cond.to(dtype), s], dim=-1))  # (B, D)
-        c = c + self.t_embedder(timesteps)  # (B, D)
-        for block in self.blocks:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, use_reentrant=False)
-            else:
-                x = block(x, c)  # (B, Hc, D)
-        x = self.final_layer(x, c)  # (B, Hc, D)
-        return self.action_out[embodiment](x)  # (B, Hc, A_e)
+        """(B, Hc, A_e), (B,), (B, C), (B, S_e), name -> predicted noise (B, Hc, A_e).
+
+        `prepared` (from `prepare` on the same cond, state and embodiment) skips recomputing it.
+        """
+        if prepared is None:
+            prepared = self.prepare(cond, state, embodiment)
+        shapes = (noisy_actions.shape, timesteps.shape)
+        if shapes != prepared.checked:
+            self._check_step(noisy_actions, timesteps, cond.shape[0], embodiment)
+            prepared.checked = shapes
+            prepared.pos_embed = self.pos_embed[:, : noisy_actions.shape[1]]  # (1, Hc, D)
+        sampling = not (self.training or torch.is_grad_enabled())
+        step = self.compiled_step if sampling and self.compiled_step else self.denoise_step
+        return step(
+            noisy_actions,
+            timesteps,
+            prepared.embedding,
+            embodiment,
+            prepared.pos_embed,
+            prepared.freqs,
+        )

@@ -57,3 +57,15 @@ def test_two_covered_heads_refuse_to_guess(tmp_path, served, capsys):
     assert not served
     assert main(["serve", "--checkpoint", str(path), "--port", "0", "--embodiment", "sawyer"]) == 0
     assert served[0].service.metadata()["embodiment"] == "sawyer"
+
+
+def test_compile_flag_compiles_the_experts_step(tmp_path, served, monkeypatch):
+    from dexvla.policy.scaledp import ScaleDP
+
+    compiled = []
+    monkeypatch.setattr(ScaleDP, "compile_steps", lambda self, enabled=True: compiled.append(1))
+    path = make_policy().save_pretrained(tmp_path / "ckpt")
+    assert main(["serve", "--checkpoint", str(path), "--port", "0"]) == 0
+    assert not compiled
+    assert main(["serve", "--checkpoint", str(path), "--port", "0", "--compile"]) == 0
+    assert compiled == [1] and len(served) == 2

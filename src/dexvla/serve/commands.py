@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=32.0,
         help="largest observation message accepted, in MiB (default: 32)",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the expert's denoising step (faster chunks; the first takes longer)",
+    )
     add_device_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -52,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     policy = DexVLAPolicy.from_pretrained(
         args.checkpoint, dtype=resolve_dtype(args.dtype, device), device=device
     )
+    if args.compile:
+        policy.expert.compile_steps()
     embodiment = served_embodiment(
         args.embodiment, policy.config.embodiments, policy.processor.require_stats().embodiments
     )

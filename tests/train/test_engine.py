@@ -395,3 +395,19 @@ def test_assign_loading_into_an_empty_model_reties_tied_weights(tmp_path: Path) 
     load_model_weights(empty, tmp_path / "m.safetensors", assign=True)
     assert empty.head.weight is empty.embed.weight
     assert torch.equal(empty.embed.weight, model.embed.weight)
+
+
+def test_grad_norm_is_logged_and_clips_only_when_asked(tmp_path: Path) -> None:
+    def run(name: str, grad_clip: float | None) -> tuple[float, torch.Tensor]:
+        model = make_policy(unused_head=False)
+        config = fast_config(steps=1, log_every=1, save_every=1, lr=1e-1, grad_clip=grad_clip)
+        Trainer(model, ToyDataset(), config, tmp_path / name).train()
+        weight = model.net[0].weight.detach().clone()
+        return read_metrics(tmp_path / name / "metrics.jsonl")[0]["grad_norm"], weight
+
+    free_norm, free = run("none", None)
+    huge_norm, huge = run("huge", 1e9)
+    tight_norm, tight = run("tight", 1e-3)
+    assert free_norm > 1e-3 and free_norm == huge_norm == tight_norm  # the norm before clipping
+    assert torch.equal(free, huge)  # no clip: the same step as a clip that never bites
+    assert not torch.equal(free, tight)

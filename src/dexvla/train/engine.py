@@ -161,6 +161,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.ddp_pending = self.info.enabled and config.strategy == "ddp"
         self.wrapped = self._wrap()
+        # The trainable parameters, listed once: DDP's later wrap keeps these very tensors.
+        self.params = [p for p in self.wrapped.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(self.wrapped, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.ema = EMA(self.model, config.ema) if config.ema is not None else None
@@ -267,10 +269,8 @@ class Trainer:
             for key, value in metrics.items():
                 value = value.detach() if torch.is_tensor(value) else float(value)
                 metric_sums[key] = metric_sums.get(key, 0.0) + value / accum
-        params = [p for p in self.wrapped.parameters() if p.requires_grad]
-        every_used = average_gradients(params) if self.ddp_pending else True
-        max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        every_used = average_gradients(self.params) if self.ddp_pending else True
+        norm = self._grad_norm()
         if isinstance(norm, DTensor):
             norm = norm.full_tensor()
         self.optimizer.step()
@@ -283,6 +283,18 @@ class Trainer:
             self.ddp_pending = False
             log.info("DDP with find_unused_parameters=%s", not every_used)
         return {**metric_sums, "loss": loss_sum / accum, "grad_norm": norm.detach()}
+
+    def _grad_norm(self) -> torch.Tensor:
+        """The gradients' total 2-norm, clipping them to `grad_clip` when set; no host sync.
+
+        Without a clip only the norm is taken: clipping to infinity would multiply every
+        gradient by 1."""
+        if self.config.grad_clip is not None:
+            return torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return torch.nn.utils.get_total_norm(grads)
 
     def train(self) -> TrainResult:
         """Run (or continue) training to `config.steps`; returns where it stopped."""

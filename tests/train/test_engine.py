@@ -224,14 +224,17 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         ).train()
 
 
-def test_tied_weights_are_stored_once_and_restored(tmp_path: Path) -> None:
-    class Tied(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = torch.nn.Embedding(10, 4)
-            self.head = torch.nn.Linear(4, 10, bias=False)
-            self.head.weight = self.embed.weight
+class Tied(torch.nn.Module):
+    """An embedding and a head sharing one weight, as Qwen's LM head shares its embedding."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, 4)
+        self.head = torch.nn.Linear(4, 10, bias=False)
+        self.head.weight = self.embed.weight
+
+
+def test_tied_weights_are_stored_once_and_restored(tmp_path: Path) -> None:
     model = Tied()
     save_tensors(model.state_dict(), tmp_path / "m.safetensors")
     from safetensors import safe_open
@@ -380,13 +383,6 @@ def test_loader_workers_persist_and_prefetch(tmp_path: Path) -> None:
 
 
 def test_assign_loading_into_an_empty_model_reties_tied_weights(tmp_path: Path) -> None:
-    class Tied(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = torch.nn.Embedding(10, 4)
-            self.head = torch.nn.Linear(4, 10, bias=False)
-            self.head.weight = self.embed.weight
-
     model = Tied()
     save_tensors(model.state_dict(), tmp_path / "m.safetensors")
     with torch.device("meta"):

@@ -23,6 +23,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Sampler
 
+from dexvla.runtime.device import resolve_device as resolve_runtime_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -42,10 +44,8 @@ class DistInfo:
 
 
 def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """`"auto"`: this process's CUDA device when there is one, else the CPU."""
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(spec)
+    """`dexvla.runtime.device.resolve_device`, with a bare "cuda" made this process's GPU."""
+    device = resolve_runtime_device(spec)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

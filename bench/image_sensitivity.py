@@ -30,7 +30,7 @@ import torch
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset
 from dexvla.embodiments import get_embodiment
 from dexvla.policy.modeling import DexVLAPolicy
-from dexvla.schema import EMBODIMENT, STATE, TASK, image_key
+from dexvla.schema import EMBODIMENT, ENV_STATE, STATE, TASK, image_key
 
 # ALOHA's two arms (joints + gripper) in its 14-D action; other embodiments: all dimensions.
 GROUPS = {"aloha": {"left arm": slice(0, 7), "right arm": slice(7, 14)}}
@@ -62,6 +62,9 @@ def main() -> None:
         low = dataset.lowdim(state_from)
         obs = {image_key(c): dataset.image(images_from, t, c) for c in cameras}
         obs.update({STATE: low["state"][t], TASK: low["task"], EMBODIMENT: embodiment})
+        scene = dataset.lowdim(images_from).get("env_state")
+        if scene is not None:  # an oracle policy reads the object's place with the images
+            obs[ENV_STATE] = scene[t]
         return obs
 
     def seeded(seed: int) -> torch.Generator:
@@ -121,7 +124,7 @@ def signal_path(
     tokens = getattr(tokens, "pooler_output", tokens)
     encoding = policy.encode(batch, embodiment, [""] * scenes, vision)
     hidden, prompt = encoding.hidden, encoding.prompt  # (N, L, D_vlm), (N, D_vlm)
-    cond = policy.fusion(prompt, torch.zeros_like(prompt))
+    cond = policy.fusion(prompt, torch.zeros_like(prompt))  # the image path (no oracle term)
     stages = {
         "pixels": vision["pixel_values"].reshape(scenes, 1, -1),
         "vision-tower tokens": tokens.reshape(scenes, -1, tokens.shape[-1]),

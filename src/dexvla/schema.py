@@ -4,6 +4,8 @@ An **observation** is what a robot, a simulator or the server hands the policy:
 `{IMAGE_PREFIX + cam: uint8 (H, W, 3), STATE: float32 (S,), TASK: str, EMBODIMENT: str}`.
 A **training batch** adds `ACTION (B, Hc, A)`, `ACTION_IS_PAD (B, Hc)` and `SUBSTEP`, with
 images as float (B, 3, H, W) in [0, 1] (docs/interfaces.md). Each key is declared here once.
+`ENV_STATE`, float32 (E,): the simulator's object positions (xyz, metres), where a simulator
+records them; privileged, never from a real robot.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dexvla.embodiments import get_embodiment
 
 IMAGE_PREFIX = "observation.images."
 STATE = "observation.state"
+ENV_STATE = "observation.environment_state"
 ACTION = "action"
 ACTION_IS_PAD = "action_is_pad"
 TASK = "task"
@@ -79,6 +82,7 @@ class Episode:
     Shapes: `images[cam]` uint8 (T, H, W, 3); `state` float32 (T, S); `action` float32 (T, A);
     `substeps` T strings (empty strings where a dataset has none); `reward` float32 (T,).
     `camera_fovy[cam]`: the camera's vertical field of view in degrees, where known (simulation).
+    `env_state` float32 (T, E): the simulator's object positions (`ENV_STATE`), where recorded.
     """
 
     embodiment: str
@@ -93,6 +97,7 @@ class Episode:
     task_name: str = ""
     info: dict = field(default_factory=dict)
     camera_fovy: dict[str, float] = field(default_factory=dict)
+    env_state: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -135,6 +140,15 @@ class Episode:
         unknown = sorted(set(self.camera_fovy) - set(self.images))
         if unknown:
             raise ValueError(f"episode camera_fovy: camera(s) {unknown} have no images")
-        for name, values in (("state", self.state), ("action", self.action)):
-            if not np.isfinite(values).all():
+        env = self.env_state
+        if env is not None and (
+            env.ndim != 2 or env.shape[0] != length or not np.issubdtype(env.dtype, np.floating)
+        ):
+            raise ValueError(
+                f"episode env_state: expected float ({length}, E), "
+                f"got {env.dtype} {tuple(env.shape)}"
+            )
+        named = {"state": self.state, "action": self.action, "env_state": self.env_state}
+        for name, values in named.items():
+            if values is not None and not np.isfinite(values).all():
                 raise ValueError(f"episode {name}: contains NaN or infinite values")

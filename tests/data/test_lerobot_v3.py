@@ -406,3 +406,54 @@ def test_rows_left_in_two_files_are_read_once(tmp_path, make_episode):
     assert data.num_episodes == 3 and data.num_frames == 36
     assert LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50).num_episodes == 3
     assert LeRobotV3Dataset(tmp_path).episode(2).seed == 2
+
+
+def _with_env_state(episode, width=3, seed=0):
+    positions = np.random.default_rng(seed).normal(size=(len(episode), width))
+    return dataclasses.replace(episode, env_state=positions.astype(np.float32))
+
+
+def test_env_state_round_trips_exactly_with_its_feature_and_stats(tmp_path, make_episode):
+    episodes = [_with_env_state(make_episode(s, length=7 + s), seed=s) for s in range(2)]
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        for episode in episodes:
+            writer.add_episode(episode)
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert info["features"]["observation.environment_state"] == {
+        "dtype": "float32", "shape": [3], "names": ["env_0", "env_1", "env_2"]}  # fmt: skip
+    stats = json.loads((tmp_path / "meta/stats.json").read_text())
+    everything = np.concatenate([e.env_state for e in episodes])
+    np.testing.assert_allclose(stats["observation.environment_state"]["mean"],
+                               everything.mean(0), atol=1e-5)  # fmt: skip
+    data = LeRobotV3Dataset(tmp_path)
+    assert data.env_state_dim == 3
+    for i, episode in enumerate(episodes):
+        loaded = data.lowdim(i)["env_state"]
+        assert loaded.dtype == np.float32
+        np.testing.assert_array_equal(loaded, episode.env_state)
+        np.testing.assert_array_equal(data.episode(i).env_state, episode.env_state)
+
+
+def test_dataset_without_env_state_reads_none(tmp_path, make_episode):
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(make_episode(0))
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert "observation.environment_state" not in info["features"]
+    data = LeRobotV3Dataset(tmp_path)
+    assert data.env_state_dim is None
+    assert data.lowdim(0)["env_state"] is None and data.episode(0).env_state is None
+
+
+def test_env_state_presence_or_width_mismatch_is_refused(tmp_path, make_episode):
+    with LeRobotV3Writer(tmp_path / "with", embodiment="aloha", fps=50) as writer:
+        writer.add_episode(_with_env_state(make_episode(0)))
+        with pytest.raises(ValueError, match=r"only one of them: \['observation\.environment_st"):
+            writer.add_episode(make_episode(1))
+        with pytest.raises(ValueError, match=r"observation\.environment_state: \[6\] vs .*\[3\]"):
+            writer.add_episode(_with_env_state(make_episode(2), width=6))
+    with LeRobotV3Writer(tmp_path / "without", embodiment="aloha", fps=50) as writer:
+        writer.add_episode(make_episode(0))
+        with pytest.raises(ValueError, match=r"only one of them: \['observation\.environment_st"):
+            writer.add_episode(_with_env_state(make_episode(1)))
+    assert LeRobotV3Dataset(tmp_path / "with").num_episodes == 1
+    assert LeRobotV3Dataset(tmp_path / "without").num_episodes == 1

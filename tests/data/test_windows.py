@@ -113,3 +113,38 @@ def test_mixture_follows_weights(tmp_path, make_episode):
         assert batch["action"].shape[-1] == (4 if batch["embodiment"][0] == "sawyer" else 14)
     with pytest.raises(ValueError, match="weight"):
         MixtureDataset(datasets, [1.0])
+
+
+def test_windows_carry_the_raw_env_state_of_the_frame_on_request(tmp_path, make_episode):
+    episodes = []
+    with LeRobotV3Writer(tmp_path / "env", embodiment="aloha", fps=50) as writer:
+        for s in range(2):
+            episode = make_episode(s, length=6)
+            episode.env_state = np.arange(18, dtype=np.float32).reshape(6, 3) + 100 * s
+            writer.add_episode(episode)
+            episodes.append(episode)
+    source = LeRobotV3Dataset(tmp_path / "env")
+    norm = Normalizer(DatasetStats.from_source(source))
+    windows = ChunkWindows(source, chunk_size=3, normalizer=norm, env_state=True)
+    sample = windows[8]  # episode 1, frame 2
+    value = sample["observation.environment_state"]
+    assert value.dtype == torch.float32 and value.shape == (3,)
+    np.testing.assert_array_equal(value.numpy(), episodes[1].env_state[2])
+    batch = collate_windows([windows[0], windows[8]])
+    assert batch["observation.environment_state"].shape == (2, 3)
+    plain = ChunkWindows(source, chunk_size=3, normalizer=norm)[8]
+    assert "observation.environment_state" not in plain
+    assert set(plain) == set(sample) - {"observation.environment_state"}
+
+
+def test_windows_refuse_env_state_for_a_dataset_without_it(lerobot_dir, tmp_path, make_episode):
+    source = LeRobotV3Dataset(lerobot_dir)
+    norm = Normalizer(DatasetStats.from_source(source))
+    with pytest.raises(ValueError, match=r"lr: env_state=True .*'observation\.environment_state'"):
+        ChunkWindows(source, chunk_size=3, normalizer=norm, env_state=True)
+    (tmp_path / "act").mkdir()
+    write_act_episode(tmp_path / "act" / "episode_0.hdf5", make_episode(0, length=5))
+    act = ActHdf5Dataset(tmp_path / "act")
+    assert act.env_state_dim is None and act.lowdim(0)["env_state"] is None
+    with pytest.raises(ValueError, match=r"act: env_state=True"):
+        ChunkWindows(act, chunk_size=3, normalizer=norm, env_state=True)

@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from gym_aloha.utils import sample_box_pose
 
 import dexvla.sim as sim
 from dexvla.embodiments import get_embodiment
+from dexvla.schema import ENV_STATE, STATE
 from dexvla.sim.aloha import TOP_CAMERA_FOVY
 
 TASKS = [t.name for t in sim.list_tasks(featured_only=True)]
@@ -84,12 +86,55 @@ def env_info(env):
     return env.reset()[1]
 
 
-@pytest.mark.parametrize("name", ["aloha-transfer-cube", "sawyer-reach"])
-def test_render_false_gives_state_only(name):
+@pytest.mark.parametrize(
+    ("name", "keys"),
+    [
+        ("aloha-transfer-cube", ["observation.state", "observation.environment_state"]),
+        ("sawyer-reach", ["observation.state"]),
+    ],
+)
+def test_render_false_gives_no_images(name, keys):
     env = sim.make_env(name, render=False)
     try:
         obs, _ = env.reset(seed=0)
-        assert list(obs) == ["observation.state"]
+        assert list(obs) == keys
+        assert env.observation_space.contains(obs)
+    finally:
+        env.close()
+
+
+def _object_xyz(env, joint):
+    """A free-joint object's world position, read from the simulator directly."""
+    inner = env.unwrapped
+    address = inner.model.jnt_qposadr[inner.model.joint(joint).id]
+    return inner.data.qpos[address : address + 3].astype(np.float32)
+
+
+def test_aloha_env_state_is_the_cube_position(envs):
+    env = envs("aloha-transfer-cube")
+    obs, _ = env.reset(seed=3)
+    cube = obs[ENV_STATE]
+    assert cube.dtype == np.float32 and cube.shape == (3,)
+    np.testing.assert_array_equal(cube, _object_xyz(env, "red_box_joint"))
+    np.testing.assert_allclose(cube, sample_box_pose(3)[:3], atol=1e-6)  # the seeded placement
+    assert env.observation_space[ENV_STATE].shape == (3,)
+    other = env.reset(seed=4)[0][ENV_STATE]
+    assert np.abs(other - cube).max() > 1e-3  # another seed places the cube elsewhere
+    again = env.reset(seed=3)[0]
+    np.testing.assert_array_equal(again[ENV_STATE], cube)
+    moved, *_ = env.step(again[STATE])  # hold the arms where they are
+    np.testing.assert_array_equal(moved[ENV_STATE], _object_xyz(env, "red_box_joint"))
+    np.testing.assert_allclose(moved[ENV_STATE][:2], cube[:2], atol=1e-3)  # untouched: stays
+
+
+def test_aloha_insertion_env_state_holds_both_objects_in_joint_name_order():
+    env = sim.make_env("aloha-insertion", render=False)
+    try:
+        obs, _ = env.reset(seed=1)
+        assert env.unwrapped.object_joints == ["blue_socket_joint", "red_peg_joint"]
+        expected = np.concatenate([_object_xyz(env, j) for j in env.unwrapped.object_joints])
+        assert obs[ENV_STATE].shape == (6,)
+        np.testing.assert_array_equal(obs[ENV_STATE], expected)
         assert env.observation_space.contains(obs)
     finally:
         env.close()

@@ -1,12 +1,14 @@
 """The one rollout loop: its stopping rule and what it records."""
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from dexvla.schema import EMBODIMENT, STATE, TASK
-from dexvla.sim.registry import TaskSpec
-from dexvla.sim.rollout import roll_out
+from dexvla.schema import EMBODIMENT, ENV_STATE, STATE, TASK
+from dexvla.sim.registry import TaskSpec, get_task, make_env, make_expert
+from dexvla.sim.rollout import roll_out, run_expert
 
 
 class CountingEnv(gym.Env):
@@ -104,3 +106,29 @@ def test_records_states_before_actions_task_keys_and_frames():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError, match="max_steps >= 1"):
         roll_out(CountingEnv(), ConstantPolicy(), SPEC, seed=0, max_steps=0)
+
+
+class ObjectEnv(CountingEnv):
+    """A CountingEnv whose observations also carry an object position (2 * steps, -steps, 1)."""
+
+    def _obs(self):
+        return {**super()._obs(), ENV_STATE: np.array([2 * self.steps, -self.steps, 1.0])}
+
+
+def test_env_state_is_recorded_per_step_only_when_observed():
+    run = roll_out(ObjectEnv(limit=4), ConstantPolicy(), SPEC, seed=0)
+    assert run.env_states.dtype == np.float32 and run.env_states.shape == (4, 3)
+    np.testing.assert_array_equal(run.env_states[:, 0], 2 * run.states[:, 0])  # before actions
+    assert roll_out(CountingEnv(limit=4), ConstantPolicy(), SPEC, seed=0).env_states is None
+
+
+def test_recorded_aloha_episode_carries_the_cube_positions():
+    spec = dataclasses.replace(get_task("aloha-transfer-cube"), max_steps=5)
+    env = make_env(spec.name, image_size=8)
+    try:
+        episode, _ = run_expert(env, make_expert(spec.name), spec, seed=2)
+    finally:
+        env.close()
+    assert episode.env_state.dtype == np.float32 and episode.env_state.shape == (5, 3)
+    first = env.unwrapped.scene.sample_layout(2)["red_box_joint"][:3]
+    np.testing.assert_allclose(episode.env_state[0], first, atol=1e-6)  # the reset's placement

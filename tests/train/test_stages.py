@@ -37,8 +37,10 @@ def write_dataset(
     substeps: bool = True,
     episodes: int = 2,
     camera_fovy: dict[str, float] | None = None,
+    env_state: bool = False,
 ) -> Path:
-    """Smooth per-episode action curves, noisy 32x32 images, three sub-steps per episode."""
+    """Smooth per-episode action curves, noisy 32x32 images, three sub-steps per episode
+    (and, with `env_state`, an object position per frame that differs between episodes)."""
     spec = get_embodiment(embodiment)
     rng = np.random.default_rng(len(embodiment))
     length = 30
@@ -64,6 +66,9 @@ def write_dataset(
                     labels if substeps else [""] * length,
                     seed=e,
                     camera_fovy=camera_fovy or {},
+                    env_state=np.tile([0.1 * e, 0.5, 0.05], (length, 1)).astype(np.float32)
+                    if env_state
+                    else None,
                 )
             )
     return root
@@ -77,6 +82,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
         "wide": write_dataset(root / "wide", "aloha", episodes=1, camera_fovy={"cam_high": 78.0}),
         "sawyer": write_dataset(root / "sawyer", "sawyer"),
         "bare": write_dataset(root / "bare", "aloha", substeps=False),
+        "objects": write_dataset(root / "objects", "aloha", env_state=True),
     }
 
 
@@ -331,6 +337,29 @@ def test_stage3_continues_stage2_on_annotated_data(data, stage2_final, tmp_path)
     stage2_first = read_metrics(stage2_final / "metrics.jsonl")[0]["loss"]
     assert losses[0] < 0.5 * stage2_first
     assert DexVLAPolicy.from_pretrained(out / "final").config.chunk_size == 50
+
+
+def test_env_state_aux_trains_its_head_and_needs_recorded_positions(data, tmp_path, capsys):
+    out = tmp_path / "aux"
+    rc = train("--stage", "2", "--preset", "tiny-stage2", "--data", str(data["objects"]),
+               "--out", str(out), "--steps", "20", "--log-every", "5", "--env-state", "aux",
+               *FAST)  # fmt: skip
+    assert rc == 0
+    records = read_metrics(out / "metrics.jsonl")
+    assert records[-1]["env_state_loss"] < records[0]["env_state_loss"]
+    policy = DexVLAPolicy.from_pretrained(out / "final")
+    assert policy.config.env_state == "aux" and policy.config.env_state_dim == 3
+    assert policy.env_head is not None
+    rc = train("--stage", "2", "--preset", "tiny-stage2", "--data", str(data["aloha"]),
+               "--out", str(tmp_path / "none"), "--steps", "2", "--env-state", "oracle",
+               *FAST)  # fmt: skip
+    assert rc != 0
+    assert "observation.environment_state" in capsys.readouterr().err
+    rc = train("--stage", "3", "--preset", "tiny-stage3", "--data", str(data["objects"]),
+               "--init", str(out / "final"), "--out", str(tmp_path / "s3"), "--steps", "2",
+               *FAST)  # fmt: skip
+    assert rc != 0
+    assert "env_state 'none' (init: 'aux')" in capsys.readouterr().err
 
 
 def test_resume_continues_from_the_last_checkpoint(data, tmp_path):

@@ -165,6 +165,7 @@ class _ActFile:
             "substeps": substeps,
             "task": task,
             "reward": reward,
+            "env_state": None,
         }
 
     def image(self, t: int, cam: str) -> np.ndarray:
@@ -310,6 +311,7 @@ class ActHdf5Dataset:
         self.spec = get_embodiment(self.embodiment)
         self.cameras = cameras or ()
         self.camera_fovy: dict[str, float] = {}  # ACT's HDF5 layout does not record it
+        self.env_state_dim: int | None = None  # nor the simulator's object positions
         self.fps = int(fps or self.spec.fps)
         self.lengths = np.array(lengths, dtype=np.int64)
         self._lowdim: dict[int, dict[str, Any]] = {}
@@ -338,7 +340,8 @@ class ActHdf5Dataset:
         return self._handles[i]
 
     def lowdim(self, i: int) -> dict[str, Any]:
-        """Episode i's `state`, `action`, `substeps`, `task`, `reward` (cached)."""
+        """Episode i's `state`, `action`, `substeps`, `task`, `reward`, `env_state` (always
+        None) (cached)."""
         if i not in self._lowdim:
             self._lowdim[i] = self._handle(i).lowdim(None)
         return self._lowdim[i]

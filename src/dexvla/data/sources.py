@@ -2,8 +2,9 @@
 
 Both readers share the access methods the training windows use: `num_episodes`, `num_frames`,
 `embodiment`, `cameras`, `camera_fovy` (degrees, where recorded), `fps`, `episode_length(i)`,
-`lowdim(i)` (state, action, substeps, task, reward), `image(i, t, cam)`, `images(i, cam)` and
-`episode(i)`.
+`lowdim(i)` (state, action, substeps, task, reward, env_state), `image(i, t, cam)`,
+`images(i, cam)`, `episode(i)`, and `env_state_dim` (the width of the simulator's object
+positions, `ENV_STATE`, or None where the dataset has none).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class EpisodeSource(Protocol):
     cameras: tuple[str, ...]
     camera_fovy: dict[str, float]
     fps: int
+    env_state_dim: int | None
 
     @property
     def num_episodes(self) -> int: ...

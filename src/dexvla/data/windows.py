@@ -8,7 +8,9 @@ resizes with; they stay uint8 (a quarter of float32's bytes, and far fewer pixel
 camera's) until the policy converts them on its device. Without `image_size` they keep the
 dataset's size. Padded steps repeat the episode's last action (`pad="last"`, the default: a
 robot that holds its final command) or are zeros in normalised units (`pad="zero"`); either way
-the loss masks them. `collate_windows` stacks samples into the batch layout of
+the loss masks them. With `env_state=True` a sample also holds `ENV_STATE`, the frame's
+simulator object positions, float32 (E,) in raw metres (not normalised: a privileged training
+aid, recorded by simulators only). `collate_windows` stacks samples into the batch layout of
 docs/interfaces.md; `MixtureDataset` with `EmbodimentBatchSampler` (in `dexvla.data.sampler`)
 mixes datasets by weight with one embodiment per batch (stage 1).
 """
@@ -24,7 +26,16 @@ from torch.utils.data import Dataset
 
 from dexvla.data.sources import EpisodeSource
 from dexvla.imaging import resize_images
-from dexvla.schema import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, SUBSTEP, TASK, image_key
+from dexvla.schema import (
+    ACTION,
+    ACTION_IS_PAD,
+    EMBODIMENT,
+    ENV_STATE,
+    STATE,
+    SUBSTEP,
+    TASK,
+    image_key,
+)
 from dexvla.stats import Normalizer
 
 PAD_MODES = ("last", "zero")
@@ -34,7 +45,8 @@ class ChunkWindows(Dataset):
     """Every frame of `source` (or of the listed `episodes`) as a training sample.
 
     `image_size` (h, w): the size the policy sees; images are resized to it here, in the
-    DataLoader worker. None keeps the dataset's size.
+    DataLoader worker. None keeps the dataset's size. `env_state`: add frame t's `ENV_STATE`
+    (raw) to each sample; the source must record it.
     """
 
     def __init__(
@@ -47,6 +59,7 @@ class ChunkWindows(Dataset):
         cameras: Sequence[str] | None = None,
         episodes: Sequence[int] | None = None,
         image_size: tuple[int, int] | None = None,
+        env_state: bool = False,
     ) -> None:
         if chunk_size <= 0:
             raise ValueError(f"chunk_size must be positive, got {chunk_size}")
@@ -60,6 +73,13 @@ class ChunkWindows(Dataset):
         if image_size is not None and (len(image_size) != 2 or min(image_size) <= 0):
             raise ValueError(f"image_size must be positive (height, width), got {image_size}")
         self.image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        if env_state and source.env_state_dim is None:
+            name = getattr(source, "root", type(source).__name__)
+            raise ValueError(
+                f"{name}: env_state=True but the dataset records no {ENV_STATE!r} "
+                "(only simulated datasets recorded with object positions have it)"
+            )
+        self.env_state = env_state
         self.cameras = tuple(cameras) if cameras is not None else tuple(source.cameras)
         missing = [cam for cam in self.cameras if cam not in source.cameras]
         if missing:
@@ -118,6 +138,8 @@ class ChunkWindows(Dataset):
                 "frame_index": t,
             }
         )
+        if self.env_state:
+            sample[ENV_STATE] = torch.from_numpy(np.array(low["env_state"][t], dtype=np.float32))
         return sample
 
 

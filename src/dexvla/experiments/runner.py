@@ -149,6 +149,7 @@ class SuiteRun:
                 recipe["policy"],
                 "s" + "".join(map(str, arm.stages)),
                 "reasoning" if arm.reasoning else "no-reasoning",
+                *([f"env-{arm.env_state}"] if arm.env_state != "none" else []),
                 f"{arm.episodes(size)}ep",
             ]
         )
@@ -195,6 +196,8 @@ class SuiteRun:
             overrides["embodiments"] = (get_task(task).embodiment,)
         if not arm.reasoning:
             overrides["use_reasoning"] = False
+        if arm.env_state != "none":
+            overrides["env_state"] = arm.env_state
         run = self.arm_directory(arm, task) / f"seed{seed}"
         for stage in (stage for stage in arm.stages if stage != 1):
             train = Train(

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dexvla.experiments.sizes import RunSize
+from dexvla.policy.configuration import ENV_STATE_USES
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Arm:
     pretrain_tasks: tuple[str, ...] | None = None  # stage 1: None = target task + size's tasks
     stage1_embodiments: tuple[str, ...] | None = None  # stage-1 expert heads (None: preset's)
     task_heads: bool = True  # stages 2-3: the task's expert head only (False: the preset's)
+    env_state: str = "none"  # stages 2-3: PolicyConfig.env_state ("aux", "oracle"; simulation)
 
     def __post_init__(self) -> None:
         if not self.stages or set(self.stages) - {1, 2, 3} or 2 not in self.stages:
@@ -35,6 +37,8 @@ class Arm:
             raise ValueError(f"arm {self.name!r}: stages must be increasing, got {self.stages}")
         if not 0 < self.episodes_scale <= 1:
             raise ValueError(f"arm {self.name!r}: episodes_scale must be in (0, 1]")
+        if self.env_state not in ENV_STATE_USES:
+            raise ValueError(f"arm {self.name!r}: env_state must be one of {ENV_STATE_USES}")
 
     def policy_for(self, size: RunSize) -> str:
         return self.policy or size.preset
@@ -111,6 +115,20 @@ SUITES: dict[str, Suite] = {
                 Arm("with sub-step reasoning"),
                 Arm("without sub-step reasoning", reasoning=False),
             ),
+        ),
+        Suite(
+            name="diagnose-vision",
+            description="where the ceiling is: the recipe against the object's simulated "
+            "position given to the expert (an oracle for perfect vision) and against an "
+            "auxiliary loss that predicts it from the pooled prompt (training only)",
+            tasks=("aloha-transfer-cube",),
+            arms=(
+                Arm("without stage 1 (stages 2-3)", stages=(2, 3)),
+                Arm("oracle object position (stages 2-3)", stages=(2, 3), env_state="oracle"),
+                Arm("object-position loss (stages 2-3)", stages=(2, 3), env_state="aux"),
+            ),
+            notes="The oracle reads privileged simulator state at evaluation too: it bounds "
+            "what vision could give and is not a deployable policy.",
         ),
         Suite(
             name="cross-embodiment",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -23,6 +23,9 @@ from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 from dexvla.policy.vlm import VLMConfig, load_tokenizer, qwen2vl_config
 from dexvla.schema import check_known_fields
 
+EnvStateUse = Literal["none", "aux", "oracle"]
+ENV_STATE_USES: tuple[str, ...] = ("none", "aux", "oracle")
+
 
 @dataclass(frozen=True)
 class PolicyConfig:
@@ -34,6 +37,12 @@ class PolicyConfig:
     answer `Next action:` alone and the fusion sees no reasoning tokens. `noise_samples` is how
     many (noise, timestep) draws the training loss averages per observation: the VLM runs once
     and only the expert, a small part of a step's cost, runs on every draw.
+
+    `env_state` uses the simulator's object positions (`observation.environment_state`, E =
+    `env_state_dim` floats, simulation only): "aux" trains a linear head to predict them from
+    the pooled prompt states (a training-only loss weighed by `env_state_loss_weight`, so the
+    condition must hold where the objects are); "oracle" adds them to the condition vector, at
+    training and inference (a privileged diagnostic: the ceiling with perfect vision).
     """
 
     name: str
@@ -44,6 +53,9 @@ class PolicyConfig:
     llm_loss_weight: float = 1.0
     use_reasoning: bool = True
     noise_samples: int = 1
+    env_state: EnvStateUse = "none"
+    env_state_dim: int = 0
+    env_state_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         for name in self.expert.embodiments:
@@ -63,6 +75,17 @@ class PolicyConfig:
             raise ValueError(f"llm_loss_weight must be >= 0, got {self.llm_loss_weight}")
         if not isinstance(self.noise_samples, int) or self.noise_samples < 1:
             raise ValueError(f"noise_samples must be an int >= 1, got {self.noise_samples!r}")
+        if self.env_state not in ENV_STATE_USES:
+            raise ValueError(f"env_state must be one of {ENV_STATE_USES}, got {self.env_state!r}")
+        if self.env_state != "none" and self.env_state_dim < 1:
+            raise ValueError(
+                f"env_state {self.env_state!r} needs env_state_dim >= 1 (the width of the "
+                f"data's observation.environment_state), got {self.env_state_dim}"
+            )
+        if self.env_state_loss_weight < 0:
+            raise ValueError(
+                f"env_state_loss_weight must be >= 0, got {self.env_state_loss_weight}"
+            )
 
     @property
     def embodiments(self) -> tuple[str, ...]:
@@ -82,6 +105,9 @@ class PolicyConfig:
             "llm_loss_weight": self.llm_loss_weight,
             "use_reasoning": self.use_reasoning,
             "noise_samples": self.noise_samples,
+            "env_state": self.env_state,
+            "env_state_dim": self.env_state_dim,
+            "env_state_loss_weight": self.env_state_loss_weight,
         }
 
     @classmethod

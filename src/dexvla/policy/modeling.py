@@ -7,7 +7,9 @@ C the condition width, Hc the chunk, A / S the embodiment's action / state size)
 2. `encode`: cameras -> vision tower, instruction + sub-step answer -> Qwen2-VL -> final hidden
    states (B, L, D_vlm), mean-pooled over the prompt ("action tokens") and over the sub-step
    ("reasoning tokens") -> (B, D_vlm) each;
-3. `fusion`: the two pooled states -> one condition vector (B, C);
+3. `fusion`: the two pooled states -> one condition vector (B, C) (`condition`; an "oracle"
+   policy adds the simulator's object positions here, an "aux" one predicts them from the
+   pooled prompt in training: `PolicyConfig.env_state`);
 4. ScaleDP (`expert.denoiser`) inside the diffusion loss (training) or sampler (inference)
    -> normalised actions (B, Hc, A);
 5. `processor.unnormalize_actions` -> robot units.
@@ -60,6 +62,7 @@ from dexvla.policy.vlm import (
 from dexvla.schema import (
     ACTION,
     ACTION_IS_PAD,
+    ENV_STATE,
     STATE,
     SUBSTEP,
     TASK,
@@ -68,6 +71,10 @@ from dexvla.schema import (
     Reasoning,
     image_key,
 )
+
+# Object positions in metres are scaled to decimetres, so the cube's 0.2 m range spans about
+# 2 units, the scale of the other normalised inputs and targets.
+ENV_STATE_SCALE = 10.0
 
 
 @dataclass
@@ -107,6 +114,11 @@ class DexVLAPolicy(nn.Module):
         vlm_dim = self.vlm.config.text_config.hidden_size
         self.fusion = ReasoningFusion(vlm_dim, config.expert.cond_dim)
         self.expert = ScaleDP(config.expert)
+        dim = config.env_state_dim
+        self.env_head = nn.Linear(vlm_dim, dim) if config.env_state == "aux" else None
+        self.env_embed = (
+            nn.Linear(dim, config.expert.cond_dim) if config.env_state == "oracle" else None
+        )
         self.diffusion = ActionDiffusion(config.diffusion)
         self.prompts = PromptBuilder(self.tokenizer, config.vlm.system_prompt)
         self.images = ImageEncoder()
@@ -221,7 +233,7 @@ class DexVLAPolicy(nn.Module):
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
         )
 
-        cond = self.fusion(encoding.prompt, encoding.reasoning).to(self.dtype)  # (B, C)
+        cond = self.condition(encoding.prompt, encoding.reasoning, batch)  # (B, C)
         # K noise draws per observation: the expert's batch is the batch repeated K times.
         k = self.config.noise_samples
         actions = batch[ACTION].to(self.device, torch.float32).repeat(k, 1, 1)  # (K*B, Hc, A)
@@ -231,12 +243,38 @@ class DexVLAPolicy(nn.Module):
         action_loss = self.diffusion.loss(denoise, actions, is_pad)
 
         loss = action_loss + self.config.llm_loss_weight * language_loss
-        metrics = {
-            "loss": loss.detach(),
-            "action_loss": action_loss.detach(),
-            "language_loss": language_loss.detach(),
-        }
+        metrics = {"action_loss": action_loss.detach(), "language_loss": language_loss.detach()}
+        if self.env_head is not None:
+            predicted = self.env_head(encoding.prompt).float()  # (B, E)
+            env_loss = F.mse_loss(predicted, self.env_state(batch))
+            loss = loss + self.config.env_state_loss_weight * env_loss
+            metrics["env_state_loss"] = env_loss.detach()
+        metrics["loss"] = loss.detach()
         return loss, metrics
+
+    def condition(
+        self, prompt: torch.Tensor, reasoning: torch.Tensor, batch: dict[str, Any]
+    ) -> torch.Tensor:
+        """Pooled prompt and reasoning states (B, D_vlm) -> the expert's condition (B, C)."""
+        cond = self.fusion(prompt, reasoning)  # (B, C)
+        if self.env_embed is not None:
+            cond = cond + self.env_embed(self.env_state(batch).to(cond))
+        return cond.to(self.dtype)
+
+    def env_state(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's object positions (B, E), fp32, scaled by ENV_STATE_SCALE."""
+        config = self.config
+        if ENV_STATE not in batch:
+            raise ValueError(
+                f"policy {config.name!r} uses env_state={config.env_state!r}: every batch and "
+                f"observation needs {ENV_STATE!r} (object positions a simulator records)"
+            )
+        env = torch.as_tensor(batch[ENV_STATE]).to(self.device, torch.float32)
+        if env.ndim != 2 or env.shape[1] != config.env_state_dim:
+            raise ValueError(
+                f"{ENV_STATE!r}: expected (B, {config.env_state_dim}), got {tuple(env.shape)}"
+            )
+        return env * ENV_STATE_SCALE
 
     # ---------------------------------------------------------------------------- inference
     @torch.inference_mode()
@@ -270,7 +308,7 @@ class DexVLAPolicy(nn.Module):
         else:
             check_cached_reasoning(reasoning, size)
             prompt = self._prompt_states(batch, embodiment, vision)
-        cond = self.fusion(prompt, reasoning.states.to(prompt)).to(self.dtype)  # (B, C)
+        cond = self.condition(prompt, reasoning.states.to(prompt), batch)  # (B, C)
         state = batch[STATE].to(self.device, self.dtype)  # (B, S)
         normalised = sample_actions(
             self.diffusion,

@@ -18,6 +18,7 @@ from dexvla.imaging import resize_images, to_unit_float
 from dexvla.schema import (
     ACTION,
     EMBODIMENT,
+    ENV_STATE,
     IMAGE_PREFIX,
     STATE,
     TASK,
@@ -141,6 +142,11 @@ class DexVLAProcessor:
         batch[STATE] = torch.from_numpy(
             np.asarray(normalizer.normalize(STATE, state, embodiment), dtype=np.float32)
         )
+        if all(ENV_STATE in obs for obs in items):  # simulation only (PolicyConfig.env_state)
+            env = np.stack([np.asarray(obs[ENV_STATE], dtype=np.float32) for obs in items])
+            if not np.isfinite(env).all():
+                raise ValueError(f"observation {ENV_STATE!r} contains NaN or infinite values")
+            batch[ENV_STATE] = torch.from_numpy(env)
         return batch, embodiment
 
     def unnormalize_actions(self, actions: np.ndarray, embodiment: str) -> np.ndarray:

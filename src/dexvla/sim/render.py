@@ -14,7 +14,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from dexvla.schema import STATE, image_key
+from dexvla.schema import ENV_STATE, STATE, image_key
 
 
 def camera_fovy(model: mujoco.MjModel, cameras: dict[str, str]) -> dict[str, float]:
@@ -27,14 +27,17 @@ def camera_fovy(model: mujoco.MjModel, cameras: dict[str, str]) -> dict[str, flo
 
 
 def observation_space(
-    cameras: Iterable[str], image_size: tuple[int, int], state_dim: int
+    cameras: Iterable[str], image_size: tuple[int, int], state_dim: int, env_state_dim: int = 0
 ) -> gym.spaces.Dict:
-    """The dexvla observation layout: uint8 (H, W, 3) per camera and float32 (state_dim,)."""
+    """The dexvla observation layout: uint8 (H, W, 3) per camera and float32 (state_dim,), plus
+    `ENV_STATE` float32 (env_state_dim,) for a simulator that reports object positions (> 0)."""
     h, w = image_size
     spaces: dict[str, gym.Space] = {
         image_key(cam): gym.spaces.Box(0, 255, (h, w, 3), np.uint8) for cam in cameras
     }
     spaces[STATE] = gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)
+    if env_state_dim > 0:
+        spaces[ENV_STATE] = gym.spaces.Box(-np.inf, np.inf, (env_state_dim,), np.float32)
     return gym.spaces.Dict(spaces)
 
 

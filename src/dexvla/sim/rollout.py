@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from dexvla.embodiments import get_embodiment
-from dexvla.schema import EMBODIMENT, STATE, TASK, Episode, Observation, image_key
+from dexvla.schema import EMBODIMENT, ENV_STATE, STATE, TASK, Episode, Observation, image_key
 from dexvla.sim.registry import (
     ImageSize,
     ScriptedExpert,
@@ -70,6 +70,7 @@ class Rollout:
     success_step: int | None  # the first step after which the task succeeded
     info: dict[str, Any]  # the last step's
     frames: list[Any] = field(default_factory=list)  # frame_fn's, when given
+    env_states: np.ndarray | None = None  # (T, E) ENV_STATE before each action, when observed
 
     @property
     def success(self) -> bool:
@@ -93,6 +94,7 @@ def roll_out(
     """Run one episode from `env.reset(seed=seed)` under the module's stopping rule.
 
     The policy sees each observation with the task's instruction and embodiment added.
+    Observations that carry `ENV_STATE` have it recorded per step like the state.
     """
     limit = spec.max_steps if max_steps is None else max_steps
     if limit < 1 or after_success < 0:
@@ -100,6 +102,7 @@ def roll_out(
     obs, info = env.reset(seed=seed)
     policy.reset(env, seed)
     states, actions, substeps, rewards, stages, step_ms, frames = [], [], [], [], [], [], []
+    env_states = []
     task = {TASK: spec.instruction, EMBODIMENT: spec.embodiment}
     success_step = None
     for t in range(limit):
@@ -109,6 +112,8 @@ def roll_out(
         if frame_fn is not None:
             frames.append(frame_fn(obs, substep, t))
         states.append(np.asarray(obs[STATE], dtype=np.float32))
+        if ENV_STATE in obs:
+            env_states.append(np.asarray(obs[ENV_STATE], dtype=np.float32))
         actions.append(np.asarray(action, dtype=np.float32))
         substeps.append(substep)
         obs, reward, terminated, truncated, info = env.step(action)
@@ -131,6 +136,7 @@ def roll_out(
         success_step=success_step,
         info=info,
         frames=frames,
+        env_states=np.stack(env_states) if env_states else None,
     )
 
 
@@ -161,6 +167,7 @@ def run_expert(
         task_name=spec.name,
         info={"best_reward_stage": max(run.stages), "success_step": run.success_step},
         camera_fovy=dict(env.unwrapped.camera_fovy),
+        env_state=run.env_states,
     )
     episode.validate()
     return episode, run.info

@@ -22,7 +22,9 @@ from typing import Any, Literal, get_args
 
 from dexvla.embodiments import get_embodiment
 from dexvla.policy.configuration import (
+    ENV_STATE_USES,
     POLICY_PRESETS,
+    EnvStateUse,
     PolicyConfig,
     expert_heads,
     get_policy_preset,
@@ -92,7 +94,9 @@ class StageConfig:
     trains LoRA adapters (`lora_*`) on `lora_targets`. `llm_loss_weight`, `use_reasoning` and
     `noise_samples` go into the policy config. `vlm_path` replaces the VLM preset's
     `pretrained` hub id with a local directory (a stage-3 run takes its VLM from `--init`).
-    Stage 1 ignores the VLM options but `vlm_path`: it never runs the VLM, only its encoders.
+    `env_state` and `env_state_loss_weight` set `PolicyConfig`'s simulation-only aids; the
+    object-position width comes from the data (`policy_config(env_state_dim)`). Stage 1
+    ignores the VLM options but `vlm_path`: it never runs the VLM, only its encoders.
     """
 
     name: str
@@ -143,6 +147,15 @@ class StageConfig:
             help="diffusion noise draws per observation in the loss (the VLM runs once for all)",
         ),
     )
+    env_state: EnvStateUse = field(
+        default="none",
+        metadata=flag(
+            choices=ENV_STATE_USES,
+            help="simulation only: 'aux' predicts the recorded object positions from the pooled "
+            "prompt (a training-time loss), 'oracle' feeds them to the expert (a diagnostic)",
+        ),
+    )
+    env_state_loss_weight: float = field(default=1.0, metadata=flag(type=float))
 
     def __post_init__(self) -> None:
         for name in ("embodiments", "image_size", "data_weights", "lora_targets"):
@@ -195,8 +208,12 @@ class StageConfig:
         """What this stage builds, starts from and needs."""
         return STAGE_RECIPES[self.stage]
 
-    def policy_config(self) -> PolicyConfig:
-        """The policy preset with this stage's heads, camera size and loss options."""
+    def policy_config(self, env_state_dim: int = 1) -> PolicyConfig:
+        """The policy preset with this stage's heads, camera size and loss options.
+
+        `env_state_dim` is the data's object-position width, used when `env_state` is not
+        "none" (the default 1 only lets the config be checked before the data is open).
+        """
         config = get_policy_preset(self.policy)
         vlm, expert = config.vlm, config.expert
         if self.image_size is not None:
@@ -205,7 +222,14 @@ class StageConfig:
             vlm = dataclasses.replace(vlm, pretrained=self.vlm_path)
         if self.embodiments is not None:
             expert = dataclasses.replace(expert, embodiments=expert_heads(self.embodiments))
-        return config.replace(vlm=vlm, expert=expert, **self.loss_options())
+        env_dim = env_state_dim if self.env_state != "none" else 0
+        return config.replace(
+            vlm=vlm,
+            expert=expert,
+            env_state=self.env_state,
+            env_state_dim=env_dim,
+            **self.loss_options(),
+        )
 
     def loss_options(self) -> dict[str, Any]:
         """The policy-config fields this stage sets (also applied to a continued policy)."""
@@ -213,6 +237,7 @@ class StageConfig:
             "llm_loss_weight": self.llm_loss_weight,
             "use_reasoning": self.use_reasoning,
             "noise_samples": self.noise_samples,
+            "env_state_loss_weight": self.env_state_loss_weight,
         }
 
     def replace(self, **changes: Any) -> StageConfig:

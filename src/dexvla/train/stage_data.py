@@ -51,6 +51,7 @@ class StageData:
     stats: DatasetStats
     embodiments: tuple[str, ...]
     paths: tuple[Path, ...]
+    env_state_dim: int = 0  # the object-position width, when the policy uses it
 
     @property
     def batch_sampler(self) -> BatchSamplerFactory:
@@ -110,6 +111,14 @@ def load_stage_data(
     if base_stats is not None:
         stats = stats.with_fallback(base_stats)
     normalizer = Normalizer(stats)
+    uses_env = policy.env_state != "none" and config.recipe.builds != "expert"  # not stage 1
+    env_dims = {source.env_state_dim for source in sources} if uses_env else set()
+    if None in env_dims or len(env_dims) > 1:
+        widths = {str(p): s.env_state_dim for p, s in zip(paths, sources, strict=True)}
+        raise ValueError(
+            f"env_state={policy.env_state!r} needs every dataset to record "
+            f"observation.environment_state with one width; got {widths}"
+        )
     windows = [
         ChunkWindows(
             source,
@@ -118,6 +127,7 @@ def load_stage_data(
             pad=config.pad,
             cameras=get_embodiment(source.embodiment).cameras,
             image_size=policy.vlm.image_size,
+            env_state=bool(env_dims),
         )
         for source in sources
     ]
@@ -127,4 +137,4 @@ def load_stage_data(
     else:
         weights = config.data_weights or tuple(float(len(w)) for w in windows)
         dataset = MixtureDataset(windows, weights)
-    return StageData(dataset, stats, embodiments, paths)
+    return StageData(dataset, stats, embodiments, paths, env_dims.pop() if env_dims else 0)

@@ -65,6 +65,8 @@ def check_continued_overrides(config: StageConfig, policy: PolicyConfig, init: P
         problems.append(f"image size {config.image_size} (init: {policy.vlm.image_size})")
     if config.embodiments is not None and set(config.embodiments) != set(policy.embodiments):
         problems.append(f"expert heads {list(config.embodiments)} (init: {policy.embodiments})")
+    if config.env_state != policy.env_state:
+        problems.append(f"env_state {config.env_state!r} (init: {policy.env_state!r})")
     if problems:
         raise ValueError(
             f"stage {config.stage} continues {init} as it is and cannot change its "
@@ -110,7 +112,7 @@ def build_model(
     if recipe.init == "policy":
         policy = continued_policy(config, data, init, weights)
     else:
-        policy_config = config.policy_config()
+        policy_config = config.policy_config(data.env_state_dim)
         processor = DexVLAProcessor(
             policy_config.vlm.image_size, policy_config.embodiments, data.stats
         )

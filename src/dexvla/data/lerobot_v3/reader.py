@@ -3,7 +3,8 @@
 Reads what `LeRobotV3Writer` writes (also before it is closed: every episodes-table file is
 read) and what LeRobot itself writes: video features, several episodes per data file,
 variable-length list columns. Simulated cameras' vertical field of view comes from the image
-feature's `info` (`camera.fovy`, degrees).
+feature's `info` (`camera.fovy`, degrees). A simulator's object positions, where recorded,
+are the `ENV_STATE` feature (`env_state_dim`, `lowdim(i)["env_state"]`).
 
 A training sample reads one frame per camera, so a frame read costs about one frame: an image
 feature reads the one row group holding the frame (the writer sizes row groups to about one
@@ -41,7 +42,7 @@ from dexvla.data.lerobot_v3.format import (
 from dexvla.data.video import VideoFile
 from dexvla.embodiments import get_embodiment
 from dexvla.io import read_json
-from dexvla.schema import ACTION, REWARD, STATE, SUBSTEP, Episode, camera_of
+from dexvla.schema import ACTION, ENV_STATE, REWARD, STATE, SUBSTEP, Episode, camera_of
 
 
 class _LruCache(OrderedDict):
@@ -111,6 +112,8 @@ class LeRobotV3Dataset:
             if (cam := camera_of(key)) is not None and feature.get("dtype") in ("image", "video")
         }
         self.cameras = tuple(sorted(self.camera_keys))
+        env_shape = self.features.get(ENV_STATE, {}).get("shape")
+        self.env_state_dim = None if env_shape is None else int(np.prod(env_shape))
         self.camera_fovy = {
             cam: float(self.features[key]["info"][FOVY_INFO])
             for cam, key in self.camera_keys.items()
@@ -199,13 +202,16 @@ class LeRobotV3Dataset:
         return table
 
     def lowdim(self, i: int) -> dict[str, Any]:
-        """Episode i's `state`, `action` (float32), `substeps`, `task`, `reward` (cached)."""
+        """Episode i's `state`, `action` (float32), `substeps`, `task`, `reward` and
+        `env_state` (float32 (T, E), or None without the feature) (cached)."""
         if i not in self._lowdim:
             if not 0 <= i < self.num_episodes:
                 raise IndexError(f"episode {i} out of range (dataset has {self.num_episodes})")
             names = [STATE, ACTION, "task_index"]
             schema = self._parquet(self.data_file(i)).schema_arrow.names
             extra = [c for c in (SUBSTEP, REWARD) if c in schema]
+            if self.env_state_dim is not None:
+                extra.append(ENV_STATE)  # in every episode's file: missing is an error
             table = self._read_rows(i, names + extra)
             where = f"{self.data_file(i)} episode {i}"
             task_index = int(table.column("task_index")[0].as_py())
@@ -225,6 +231,11 @@ class LeRobotV3Dataset:
                 ),
                 "task": self.tasks[task_index],
                 "reward": reward,
+                "env_state": (
+                    None
+                    if self.env_state_dim is None
+                    else column_to_numpy(table.column(ENV_STATE), self.env_state_dim, where)
+                ),
             }
         return self._lowdim[i]
 
@@ -301,6 +312,7 @@ class LeRobotV3Dataset:
             task_name=row.get("dexvla/task_name") or "",
             info=json.loads(row.get("dexvla/info") or "{}"),
             camera_fovy=dict(self.camera_fovy),
+            env_state=None if low["env_state"] is None else low["env_state"].copy(),
         )
         try:
             episode.validate()

@@ -8,6 +8,11 @@ costs that episode only. `close()` consolidates the rows into `meta/episodes/chu
 file-000.parquet`, deletes the one-row files and writes info.json and stats.json, so a closed
 dataset has one episodes file. A re-opened writer deletes data files no row points to and
 consolidates what a killed writer left, then appends.
+
+An episode with `env_state` (the simulator's object positions) adds an `ENV_STATE` column and
+its stats (per episode and in stats.json, as LeRobot expects of every numeric feature; dexvla's
+`DatasetStats`, what the policy normalises with, never includes it). Every episode of a dataset
+has it, at one width, or none does.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from dexvla.data.lerobot_v3.format import (
 )
 from dexvla.embodiments import get_embodiment
 from dexvla.io import atomic_write_json, atomic_write_parquet, read_json, remove_stale_temps
-from dexvla.schema import ACTION, REWARD, STATE, SUBSTEP, Episode, image_key
+from dexvla.schema import ACTION, ENV_STATE, REWARD, STATE, SUBSTEP, Episode, image_key
 from dexvla.stats import aggregate_stats, feature_stats
 
 IMAGE_STATS_FRAMES = 16
@@ -216,6 +221,13 @@ class LeRobotV3Writer:
             if cam in episode.camera_fovy:
                 fovy = round(float(episode.camera_fovy[cam]), 4)
                 features[image_key(cam)]["info"] = {FOVY_INFO: fovy}
+        if episode.env_state is not None:
+            width = int(episode.env_state.shape[1])
+            features[ENV_STATE] = {
+                "dtype": "float32",
+                "shape": [width],
+                "names": [f"env_{i}" for i in range(width)],
+            }
         features[SUBSTEP] = scalar_feature("string")
         features[REWARD] = scalar_feature("float32")
         features["timestamp"] = scalar_feature("float32")
@@ -270,6 +282,12 @@ class LeRobotV3Writer:
             "dexvla/info": json.dumps(episode.info, default=str),
         }
         stats = {STATE: feature_stats(episode.state), ACTION: feature_stats(episode.action)}
+        if episode.env_state is not None:
+            env_state = episode.env_state.astype(np.float32)  # (T, E)
+            columns[ENV_STATE] = pa.FixedSizeListArray.from_arrays(
+                pa.array(env_state.reshape(-1)), env_state.shape[1]
+            )
+            stats[ENV_STATE] = feature_stats(env_state)
         sample = np.unique(np.linspace(0, length - 1, IMAGE_STATS_FRAMES).astype(int))
         for cam in sorted(episode.images):
             frames = episode.images[cam]  # (T, H, W, 3) uint8

@@ -20,7 +20,7 @@ from gym_aloha.constants import (
     START_ARM_POSE,
 )
 
-from dexvla.schema import STATE
+from dexvla.schema import ENV_STATE, STATE
 from dexvla.sim.aloha.scenes import AlohaScene, apply_layout
 from dexvla.sim.render import CameraRenderer, camera_fovy, observation_space
 
@@ -74,8 +74,10 @@ class AlohaEnv(gym.Env):
     """Joint-position-controlled ALOHA with three cameras and a staged reward.
 
     Action (14,): per arm 6 joint targets (rad) + gripper opening (0 closed, 1 open), left arm
-    first. Observation: the three embodiment cameras and `observation.state` (14,) in the same
-    layout. `info`: `is_success`, `reward_stage` (0..max_reward) and `max_reward`.
+    first. Observation: the three embodiment cameras, `observation.state` (14,) in the same
+    layout, and `ENV_STATE` (3 per object): the world xyz (metres) of each free-joint object of
+    the scene's layout, in sorted joint-name order (privileged; for diagnostics). `info`:
+    `is_success`, `reward_stage` (0..max_reward) and `max_reward`.
     """
 
     metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": 50}
@@ -98,7 +100,15 @@ class AlohaEnv(gym.Env):
         self.model.cam_fovy[self.model.camera(ALOHA_CAMERAS["cam_high"]).id] = TOP_CAMERA_FOVY
         self.camera_fovy = camera_fovy(self.model, ALOHA_CAMERAS)
         self.renderer = CameraRenderer(self.model, ALOHA_CAMERAS, image_size) if render else None
-        self.observation_space = observation_space(ALOHA_CAMERAS if render else (), image_size, 14)
+        # The free-joint objects a layout places (every layout of a scene names the same ones),
+        # sorted, and where each one's 7 qpos values (xyz, quaternion) start.
+        self.object_joints = sorted(k for k in scene.sample_layout(0) if not k.startswith("body:"))
+        self._object_qpos = [
+            self.model.jnt_qposadr[self.model.joint(j).id] for j in self.object_joints
+        ]
+        self.observation_space = observation_space(
+            ALOHA_CAMERAS if render else (), image_size, 14, 3 * len(self.object_joints)
+        )
         self.action_space = gym.spaces.Box(-np.pi, np.pi, (14,), np.float32)
         self.layout: dict[str, np.ndarray] = {}
         self.steps = 0
@@ -109,9 +119,15 @@ class AlohaEnv(gym.Env):
             [q[:6], [normalize_gripper(q[6])], q[8:14], [normalize_gripper(q[14])]]
         ).astype(np.float32)
 
+    def _object_positions(self) -> np.ndarray:
+        """float32 (3 * objects,): each object's world xyz (metres), in `object_joints` order."""
+        q = self.data.qpos
+        return np.concatenate([q[a : a + 3] for a in self._object_qpos]).astype(np.float32)
+
     def _obs(self) -> dict[str, np.ndarray]:
         obs = self.renderer.render(self.data) if self.renderer else {}
         obs[STATE] = self._state()
+        obs[ENV_STATE] = self._object_positions()
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):

@@ -60,10 +60,33 @@ def pooled_states(
     return prompt.float().cpu().numpy(), head
 
 
+def collect_frames(
+    policy: DexVLAPolicy, dataset: LeRobotV3Dataset, frames_per_episode: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """Pooled states (N, D), positions (N, E), aux-head predictions (N, E) or None, and each
+    frame's episode index (N,), for evenly spaced frames of every episode."""
+    if dataset.env_state_dim is None:
+        raise SystemExit(f"{dataset.root} records no observation.environment_state")
+    features, targets, heads, episodes = [], [], [], []
+    for i in range(dataset.num_episodes):
+        length = dataset.episode_length(i)
+        frames = sorted({int(t) for t in np.linspace(0, length - 1, frames_per_episode)})
+        states, head = pooled_states(policy, dataset, i, frames)
+        features.append(states)
+        targets.append(dataset.lowdim(i)["env_state"][frames])
+        heads.append(head)
+        episodes += [i] * len(frames)
+    head = None if heads[0] is None else np.concatenate(heads)
+    return np.concatenate(features), np.concatenate(targets), head, np.asarray(episodes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="a save_pretrained directory")
     parser.add_argument("--data", required=True, help="a dataset with environment_state")
+    parser.add_argument(
+        "--test-data", help="held-out scenes (e.g. other seeds); default: the last episodes"
+    )
     parser.add_argument("--frames", type=int, default=8, help="frames per episode, evenly spaced")
     parser.add_argument("--held-out", type=float, default=0.25, help="fraction of episodes")
     parser.add_argument("--alpha", type=float, default=1e-2, help="ridge penalty")
@@ -72,33 +95,29 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     policy = DexVLAPolicy.from_pretrained(args.checkpoint).eval()
-    dataset = LeRobotV3Dataset(args.data)
-    if dataset.env_state_dim is None:
-        raise SystemExit(f"{args.data} records no observation.environment_state")
-    held_out = max(1, round(dataset.num_episodes * args.held_out))
-    if dataset.num_episodes - held_out < 2:
-        raise SystemExit(f"{args.data}: need at least 3 episodes, got {dataset.num_episodes}")
-    features, targets, heads, split = [], [], [], []
-    for i in range(dataset.num_episodes):
-        length = dataset.episode_length(i)
-        frames = sorted({int(t) for t in np.linspace(0, length - 1, args.frames)})
-        states, head = pooled_states(policy, dataset, i, frames)
-        features.append(states)
-        targets.append(dataset.lowdim(i)["env_state"][frames])
-        heads.append(head)
-        split += [i >= dataset.num_episodes - held_out] * len(frames)
-    x, y, test = np.concatenate(features), np.concatenate(targets), np.asarray(split)
-    weights, bias = ridge(x[~test], y[~test], args.alpha)
-    probe = r_squared(x[test] @ weights + bias, y[test])
-    print(
-        f"{args.checkpoint}: {len(x)} frames of {dataset.num_episodes} episodes, "
-        f"{held_out} held out; R^2 per coordinate of observation.environment_state"
-    )
-    print(f"{'':<20}" + "".join(f"{f'env_{k}':>9}" for k in range(y.shape[1])) + f"{'mean':>9}")
-    print(f"{'ridge probe':<20}" + "".join(f"{v:>9.3f}" for v in probe) + f"{probe.mean():>9.3f}")
-    if heads[0] is not None:
-        own = r_squared(np.concatenate(heads)[test], y[test])
-        print(f"{'aux head':<20}" + "".join(f"{v:>9.3f}" for v in own) + f"{own.mean():>9.3f}")
+    x, y, head, episode = collect_frames(policy, LeRobotV3Dataset(args.data), args.frames)
+    if args.test_data:
+        x_test, y_test, head_test, _ = collect_frames(
+            policy, LeRobotV3Dataset(args.test_data), args.frames
+        )
+        held = f"the episodes of {args.test_data} held out"
+    else:
+        count = episode.max() + 1
+        test = episode >= count - max(1, round(count * args.held_out))
+        if test.all() or test.sum() == 0:
+            raise SystemExit(f"{args.data}: too few episodes to hold some out")
+        x, x_test, y, y_test = x[~test], x[test], y[~test], y[test]
+        head_test = None if head is None else head[test]
+        held = f"the last {len(set(episode[test]))} episodes held out"
+    weights, bias = ridge(x, y, args.alpha)
+    probe = r_squared(x_test @ weights + bias, y_test)
+    print(f"{args.checkpoint}: fit on {len(x)} frames, tested on {len(x_test)} ({held})")
+    print("R^2 per coordinate of observation.environment_state")
+    print(f"{'':<14}" + "".join(f"{f'env_{k}':>9}" for k in range(y.shape[1])))
+    print(f"{'ridge probe':<14}" + "".join(f"{v:>9.3f}" for v in probe))
+    if head_test is not None:
+        own = r_squared(head_test, y_test)
+        print(f"{'aux head':<14}" + "".join(f"{v:>9.3f}" for v in own))
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def test_oracle_condition_depends_on_the_positions_at_training_and_inference():
         batch, _ = policy.processor.prepare(observation)
         torch.testing.assert_close(batch[ENV_STATE], torch.tensor([position]))
         pooled = torch.zeros(1, policy.fusion.vlm_dim)
-        conditions.append(policy.condition(pooled, pooled, batch))
+        position = policy.inference_position(pooled, batch)
+        conditions.append(policy.condition(pooled, pooled, position))
         chunk, _ = policy.predict_action_chunk(observation)  # runs with the positions given
         assert chunk.shape == (50, 14)
     shift = policy.env_embed.weight @ torch.tensor([0.2, -0.1, 0.0]) * ENV_STATE_SCALE
@@ -80,3 +81,21 @@ def test_oracle_policy_saves_and_loads(tmp_path):
     policy.save_pretrained(tmp_path / "ckpt")
     loaded = DexVLAPolicy.from_pretrained(tmp_path / "ckpt")
     torch.testing.assert_close(loaded.env_embed.weight, policy.env_embed.weight)
+
+
+def test_predicted_positions_are_teacher_forced_in_training_and_the_heads_at_inference():
+    torch.manual_seed(0)
+    policy = make_policy(env_state="predicted", env_state_dim=3)
+    assert policy.env_head is not None and policy.env_embed is not None
+    batch = with_env_state(make_batch())
+    seen = []
+    original = policy.condition
+    policy.condition = lambda p, r, position: seen.append(position) or original(p, r, position)
+    _, metrics = policy(batch)
+    assert "env_state_loss" in metrics
+    torch.testing.assert_close(seen[-1], batch[ENV_STATE] * ENV_STATE_SCALE)
+    policy.eval()
+    chunk, _ = policy.predict_action_chunk(make_observation())  # needs no recorded positions
+    assert chunk.shape == (50, 14)
+    encoding = policy.encode(*policy.processor.prepare(make_observation()), [""])
+    torch.testing.assert_close(seen[-1], policy.env_head(encoding.prompt))

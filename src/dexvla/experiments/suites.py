@@ -119,13 +119,15 @@ SUITES: dict[str, Suite] = {
         Suite(
             name="diagnose-vision",
             description="where the ceiling is: the recipe against the object's simulated "
-            "position given to the expert (an oracle for perfect vision) and against an "
-            "auxiliary loss that predicts it from the pooled prompt (training only)",
+            "position given to the expert (an oracle for perfect vision), an auxiliary loss "
+            "that predicts it from the pooled prompt (training only), and the expert "
+            "conditioned on that prediction",
             tasks=("aloha-transfer-cube",),
             arms=(
                 Arm("without stage 1 (stages 2-3)", stages=(2, 3)),
                 Arm("oracle object position (stages 2-3)", stages=(2, 3), env_state="oracle"),
                 Arm("object-position loss (stages 2-3)", stages=(2, 3), env_state="aux"),
+                Arm("predicted object position (stages 2-3)", stages=(2, 3), env_state="predicted"),
             ),
             notes="The oracle reads privileged simulator state at evaluation too: it bounds "
             "what vision could give and is not a deployable policy.",

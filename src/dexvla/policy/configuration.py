@@ -23,8 +23,8 @@ from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 from dexvla.policy.vlm import VLMConfig, load_tokenizer, qwen2vl_config
 from dexvla.schema import check_known_fields
 
-EnvStateUse = Literal["none", "aux", "oracle"]
-ENV_STATE_USES: tuple[str, ...] = ("none", "aux", "oracle")
+EnvStateUse = Literal["none", "aux", "oracle", "predicted"]
+ENV_STATE_USES: tuple[str, ...] = ("none", "aux", "oracle", "predicted")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,10 @@ class PolicyConfig:
     `env_state_dim` floats, simulation only): "aux" trains a linear head to predict them from
     the pooled prompt states (a training-only loss weighed by `env_state_loss_weight`, so the
     condition must hold where the objects are); "oracle" adds them to the condition vector, at
-    training and inference (a privileged diagnostic: the ceiling with perfect vision).
+    training and inference (a privileged diagnostic: the ceiling with perfect vision);
+    "predicted" does both: the recorded positions go into the condition in training
+    (teacher-forced) and the head's own prediction at inference, so it needs no privileged
+    input once trained.
     """
 
     name: str

@@ -7,9 +7,10 @@ C the condition width, Hc the chunk, A / S the embodiment's action / state size)
 2. `encode`: cameras -> vision tower, instruction + sub-step answer -> Qwen2-VL -> final hidden
    states (B, L, D_vlm), mean-pooled over the prompt ("action tokens") and over the sub-step
    ("reasoning tokens") -> (B, D_vlm) each;
-3. `fusion`: the two pooled states -> one condition vector (B, C) (`condition`; an "oracle"
-   policy adds the simulator's object positions here, an "aux" one predicts them from the
-   pooled prompt in training: `PolicyConfig.env_state`);
+3. `fusion`: the two pooled states -> one condition vector (B, C) (`condition`). With
+   `PolicyConfig.env_state`, an "aux" policy predicts the simulator's object positions from the
+   pooled prompt in training, an "oracle" one adds the recorded positions to the condition,
+   a "predicted" one adds them in training and its own prediction at inference;
 4. ScaleDP (`expert.denoiser`) inside the diffusion loss (training) or sampler (inference)
    -> normalised actions (B, Hc, A);
 5. `processor.unnormalize_actions` -> robot units.
@@ -115,9 +116,10 @@ class DexVLAPolicy(nn.Module):
         self.fusion = ReasoningFusion(vlm_dim, config.expert.cond_dim)
         self.expert = ScaleDP(config.expert)
         dim = config.env_state_dim
-        self.env_head = nn.Linear(vlm_dim, dim) if config.env_state == "aux" else None
+        use = config.env_state
+        self.env_head = nn.Linear(vlm_dim, dim) if use in ("aux", "predicted") else None
         self.env_embed = (
-            nn.Linear(dim, config.expert.cond_dim) if config.env_state == "oracle" else None
+            nn.Linear(dim, config.expert.cond_dim) if use in ("oracle", "predicted") else None
         )
         self.diffusion = ActionDiffusion(config.diffusion)
         self.prompts = PromptBuilder(self.tokenizer, config.vlm.system_prompt)
@@ -233,7 +235,9 @@ class DexVLAPolicy(nn.Module):
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
         )
 
-        cond = self.condition(encoding.prompt, encoding.reasoning, batch)  # (B, C)
+        # The expert sees the recorded positions in training (teacher-forced, like the sub-step).
+        position = self.env_state(batch) if self.env_embed is not None else None  # (B, E)
+        cond = self.condition(encoding.prompt, encoding.reasoning, position)  # (B, C)
         # K noise draws per observation: the expert's batch is the batch repeated K times.
         k = self.config.noise_samples
         actions = batch[ACTION].to(self.device, torch.float32).repeat(k, 1, 1)  # (K*B, Hc, A)
@@ -253,13 +257,27 @@ class DexVLAPolicy(nn.Module):
         return loss, metrics
 
     def condition(
-        self, prompt: torch.Tensor, reasoning: torch.Tensor, batch: dict[str, Any]
+        self, prompt: torch.Tensor, reasoning: torch.Tensor, position: torch.Tensor | None
     ) -> torch.Tensor:
-        """Pooled prompt and reasoning states (B, D_vlm) -> the expert's condition (B, C)."""
+        """Pooled prompt and reasoning states (B, D_vlm), and the object positions (B, E) an
+        "oracle" or "predicted" policy takes (scaled) -> the expert's condition (B, C)."""
         cond = self.fusion(prompt, reasoning)  # (B, C)
         if self.env_embed is not None:
-            cond = cond + self.env_embed(self.env_state(batch).to(cond))
+            assert position is not None, "this policy's condition takes object positions"
+            cond = cond + self.env_embed(position.to(cond))
         return cond.to(self.dtype)
+
+    def inference_position(
+        self, prompt: torch.Tensor, batch: dict[str, Any]
+    ) -> torch.Tensor | None:
+        """The positions the condition takes at inference: the observation's (oracle), the
+        head's prediction from the pooled prompt (predicted), or None."""
+        if self.config.env_state == "oracle":
+            return self.env_state(batch)
+        if self.config.env_state == "predicted":
+            assert self.env_head is not None
+            return self.env_head(prompt).float()
+        return None
 
     def env_state(self, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's object positions (B, E), fp32, scaled by ENV_STATE_SCALE."""
@@ -308,7 +326,8 @@ class DexVLAPolicy(nn.Module):
         else:
             check_cached_reasoning(reasoning, size)
             prompt = self._prompt_states(batch, embodiment, vision)
-        cond = self.condition(prompt, reasoning.states.to(prompt), batch)  # (B, C)
+        position = self.inference_position(prompt, batch)  # (B, E) or None
+        cond = self.condition(prompt, reasoning.states.to(prompt), position)  # (B, C)
         state = batch[STATE].to(self.device, self.dtype)  # (B, S)
         normalised = sample_actions(
             self.diffusion,

@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "dexvla.experiments.commands",
         "run a benchmark suite or ablation (aloha-sim, ablate-*, cross-embodiment)",
     ),
+    "learning-curve": (
+        "dexvla.experiments.commands",
+        "evaluate a training run's kept checkpoints: success against samples seen",
+    ),
 }
 
 

@@ -49,6 +49,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_size_arguments(parser, BENCH_SIZES, default="cpu")
     parser.set_defaults(func=run_benchmark)
 
+    parser = subparsers.add_parser(
+        "learning-curve",
+        help="evaluate a training run's kept checkpoints: success against samples seen",
+        description="Export every kept checkpoint of a `dexvla train` run (train it with "
+        "--keep-last 0) and evaluate each on the same episodes; writes curve.json, curve.md "
+        "and curve.png. Resumes: exported policies and finished episodes are reused.",
+    )
+    parser.add_argument("--run", required=True, help="the `dexvla train --out` directory")
+    parser.add_argument("--data", required=True, help="the run's datasets, comma-separated")
+    parser.add_argument("--task", required=True, help="simulated task (see `dexvla tasks`)")
+    parser.add_argument("--out", required=True, help="where the curve and evaluations go")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per checkpoint")
+    parser.add_argument("--seed", type=int, default=100000, help="first evaluation seed")
+    parser.add_argument("--workers", type=int, default=2, help="evaluation processes")
+    parser.add_argument("--image-size", type=int, default=128, help="rendered camera size")
+    parser.add_argument("--max-steps", type=int, help="episode limit (default: the task's)")
+    parser.add_argument("--init", help="the run's --init, if its architecture comes from it")
+    parser.add_argument("--every", type=int, default=1, help="every n-th kept checkpoint")
+    parser.set_defaults(func=run_learning_curve)
+
 
 def run_demo(args: argparse.Namespace) -> int:
     from dexvla.experiments.demo import run_demo
@@ -82,4 +102,14 @@ def run_benchmark(args: argparse.Namespace) -> int:
         return 1
     print(path.read_text())
     print(f"[benchmark] results: {path}", flush=True)
+    return 0
+
+
+def run_learning_curve(args: argparse.Namespace) -> int:
+    from dexvla.experiments.curve import curve_config, learning_curve, summary_lines
+
+    config = curve_config(args)
+    for line in summary_lines(learning_curve(config)):
+        print(line)
+    print(f"wrote {config.out / 'curve.md'} and {config.out / 'curve.png'}")
     return 0

@@ -29,6 +29,7 @@ from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 
 from dexvla.policy.diffusion import ActionDiffusion, DenoiseFn
 from dexvla.policy.vlm import PromptBuilder, masked_mean
+from dexvla.schema import Reasoning
 
 
 @dataclass
@@ -256,3 +257,15 @@ def sample_actions(
             x0 = x0.clamp(-limit, limit)
         x = a_prev * x0 + b_prev * eps
     return x.clamp(-limit, limit) if cfg.clip_sample else x
+
+
+def check_cached_reasoning(reasoning: Reasoning, size: int) -> None:
+    """Refuse a cached `Reasoning` that does not fit a batch of `size` observations."""
+    if len(reasoning.texts) != size:
+        raise ValueError(
+            f"reasoning holds {len(reasoning.texts)} sub-steps for {size} observations"
+        )
+    if not isinstance(reasoning.states, torch.Tensor):
+        raise ValueError(
+            "reasoning carries no pooled states: pass a Reasoning this policy returned"
+        )

@@ -44,8 +44,14 @@ from dexvla.policy.checkpoint import (
 from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
 from dexvla.policy.fusion import ReasoningFusion
-from dexvla.policy.inference import Generation, generate, run_prompt, sample_actions
-from dexvla.policy.processor import DexVLAProcessor
+from dexvla.policy.inference import (
+    Generation,
+    check_cached_reasoning,
+    generate,
+    run_prompt,
+    sample_actions,
+)
+from dexvla.policy.processor import DexVLAProcessor, batch_env_state
 from dexvla.policy.scaledp import ScaleDP
 from dexvla.policy.vision_tower import batch_vision_tower
 from dexvla.policy.vlm import (
@@ -63,7 +69,6 @@ from dexvla.policy.vlm import (
 from dexvla.schema import (
     ACTION,
     ACTION_IS_PAD,
-    ENV_STATE,
     STATE,
     SUBSTEP,
     TASK,
@@ -282,17 +287,8 @@ class DexVLAPolicy(nn.Module):
     def env_state(self, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's object positions (B, E), fp32, scaled by ENV_STATE_SCALE."""
         config = self.config
-        if ENV_STATE not in batch:
-            raise ValueError(
-                f"policy {config.name!r} uses env_state={config.env_state!r}: every batch and "
-                f"observation needs {ENV_STATE!r} (object positions a simulator records)"
-            )
-        env = torch.as_tensor(batch[ENV_STATE]).to(self.device, torch.float32)
-        if env.ndim != 2 or env.shape[1] != config.env_state_dim:
-            raise ValueError(
-                f"{ENV_STATE!r}: expected (B, {config.env_state_dim}), got {tuple(env.shape)}"
-            )
-        return env * ENV_STATE_SCALE
+        need = f"policy {config.name!r} (env_state={config.env_state!r})"
+        return batch_env_state(batch, config.env_state_dim, self.device, need) * ENV_STATE_SCALE
 
     # ---------------------------------------------------------------------------- inference
     @torch.inference_mode()
@@ -418,15 +414,3 @@ class DexVLAPolicy(nn.Module):
         if dtype is not None or device is not None:
             policy.to(device=device, dtype=dtype)
         return policy.eval()
-
-
-def check_cached_reasoning(reasoning: Reasoning, size: int) -> None:
-    """Refuse a cached `Reasoning` that does not fit a batch of `size` observations."""
-    if len(reasoning.texts) != size:
-        raise ValueError(
-            f"reasoning holds {len(reasoning.texts)} sub-steps for {size} observations"
-        )
-    if not isinstance(reasoning.states, torch.Tensor):
-        raise ValueError(
-            "reasoning carries no pooled states: pass a Reasoning this policy returned"
-        )

@@ -153,3 +153,18 @@ class DexVLAProcessor:
         """Actions in [-1, 1] (..., A) -> robot units, float32."""
         normalizer = self._require_normalizer()
         return np.asarray(normalizer.unnormalize(ACTION, actions, embodiment), dtype=np.float32)
+
+
+def batch_env_state(
+    batch: dict[str, Any], dim: int, device: torch.device, needed_by: str
+) -> torch.Tensor:
+    """The batch's object positions (B, dim), fp32 on `device`; errors name the key."""
+    if ENV_STATE not in batch:
+        raise ValueError(
+            f"{needed_by} needs {ENV_STATE!r} in every batch and observation (the object "
+            "positions a simulator records)"
+        )
+    env = torch.as_tensor(batch[ENV_STATE]).to(device, torch.float32)
+    if env.ndim != 2 or env.shape[1] != dim:
+        raise ValueError(f"{ENV_STATE!r}: expected (B, {dim}), got {tuple(env.shape)}")
+    return env

@@ -24,7 +24,7 @@ from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.policy.vlm import Qwen2VL, load_tokenizer
-from dexvla.train.checkpoint import latest_checkpoint, load_model_weights
+from dexvla.train.checkpoint import checkpoint_problem, latest_checkpoint, load_model_weights
 from dexvla.train.engine import CHECKPOINTS_DIR, Trainer
 from dexvla.train.freezing import apply_freezing, merge_lora, trainable_parameters
 from dexvla.train.recipes import STAGE_PRESETS, StageConfig, get_stage_preset, stage_preset_for
@@ -37,8 +37,10 @@ __all__ = [
     "STAGE_PRESETS",
     "StageConfig",
     "build_model",
+    "export_checkpoint",
     "export_final",
     "get_stage_preset",
+    "open_stage",
     "run_stage",
     "stage_preset_for",
 ]
@@ -140,6 +142,29 @@ def check_resume(out_dir: Path, config: StageConfig) -> None:
         raise ValueError(f"{out_dir} was trained with other stage options: {'; '.join(diff)}")
 
 
+def open_stage(
+    config: StageConfig, data_paths: Sequence[str | Path], init: Path | None
+) -> StageData:
+    """Check `--init` against the stage's recipe and open its training data (stats merged
+    with a continued policy's)."""
+    recipe = config.recipe
+    if init is not None and not init.is_dir():
+        raise FileNotFoundError(f"--init {init}: no such checkpoint directory")
+    if init is None and recipe.init_required:
+        raise ValueError(recipe.without_init)
+    if init is None and recipe.without_init:
+        log.warning(recipe.without_init)
+    if init is not None and recipe.init == "none":
+        log.warning("stage %d starts from scratch: --init %s is not used", config.stage, init)
+    policy_config, base_stats = config.policy_config(), None
+    if recipe.init == "policy":
+        assert init is not None
+        continued = read_init_policy(config, init)
+        check_continued_overrides(config, continued.config, init)
+        policy_config, base_stats = continued.config, continued.stats
+    return load_stage_data(data_paths, config, policy_config, base_stats)
+
+
 def run_stage(
     config: StageConfig,
     data_paths: Sequence[str | Path],
@@ -156,23 +181,8 @@ def run_stage(
     the expert alone.
     """
     out_dir = Path(out_dir)
-    recipe = config.recipe
     init_path = Path(init) if init is not None else None
-    if init_path is not None and not init_path.is_dir():
-        raise FileNotFoundError(f"--init {init_path}: no such checkpoint directory")
-    if init_path is None and recipe.init_required:
-        raise ValueError(recipe.without_init)
-    if init_path is None and recipe.without_init:
-        log.warning(recipe.without_init)
-    if init_path is not None and recipe.init == "none":
-        log.warning("stage %d starts from scratch: --init %s is not used", config.stage, init)
-    policy_config, base_stats = config.policy_config(), None
-    if recipe.init == "policy":
-        assert init_path is not None
-        continued = read_init_policy(config, init_path)
-        check_continued_overrides(config, continued.config, init_path)
-        policy_config, base_stats = continued.config, continued.stats
-    data = load_stage_data(data_paths, config, policy_config, base_stats)
+    data = open_stage(config, data_paths, init_path)
     if resume:
         check_resume(out_dir, config)
     elif latest_checkpoint(out_dir / CHECKPOINTS_DIR) is not None:
@@ -232,3 +242,16 @@ def export_final(
         model.save_pretrained(final)
     atomic_write_json(final / STAGE_CONFIG_NAME, config.to_dict())
     return final
+
+
+def export_checkpoint(
+    checkpoint: Path, data_paths: Sequence[str | Path], out: Path, init: Path | None = None
+) -> Path:
+    """Export one kept checkpoint of a `run_stage` run as `export_final` exports the last (its
+    stage options from the checkpoint's `stage_config.json`; the run's data and `--init`)."""
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise ValueError(f"{checkpoint} is not a complete checkpoint: {problem}")
+    config = StageConfig.from_dict(read_json(checkpoint / STAGE_CONFIG_NAME, "stage config"))
+    data = open_stage(config, data_paths, init)
+    return export_final(config, data, init, checkpoint, out)

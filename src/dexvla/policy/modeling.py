@@ -240,9 +240,11 @@ class DexVLAPolicy(nn.Module):
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX
         )
 
-        # The expert sees the recorded positions in training (teacher-forced, like the sub-step).
-        position = self.env_state(batch) if self.env_embed is not None else None  # (B, E)
-        cond = self.condition(encoding.prompt, encoding.reasoning, position)  # (B, C)
+        # The recorded object positions (B, E): the aux head's target, and what the expert sees
+        # in training (teacher-forced, like the sub-step) when its condition takes them.
+        uses_positions = self.env_head is not None or self.env_embed is not None
+        positions = self.env_state(batch) if uses_positions else None
+        cond = self.condition(encoding.prompt, encoding.reasoning, positions)  # (B, C)
         # K noise draws per observation: the expert's batch is the batch repeated K times.
         k = self.config.noise_samples
         actions = batch[ACTION].to(self.device, torch.float32).repeat(k, 1, 1)  # (K*B, Hc, A)
@@ -255,7 +257,7 @@ class DexVLAPolicy(nn.Module):
         metrics = {"action_loss": action_loss.detach(), "language_loss": language_loss.detach()}
         if self.env_head is not None:
             predicted = self.env_head(encoding.prompt).float()  # (B, E)
-            env_loss = F.mse_loss(predicted, self.env_state(batch))
+            env_loss = F.mse_loss(predicted, positions)
             loss = loss + self.config.env_state_loss_weight * env_loss
             metrics["env_state_loss"] = env_loss.detach()
         metrics["loss"] = loss.detach()

@@ -21,11 +21,10 @@ from dexvla.eval import DEFAULT_EVAL_SEED
 from dexvla.eval.evaluate import EvalConfig, evaluate
 from dexvla.io import atomic_write, atomic_write_json, atomic_write_text, read_json
 from dexvla.policy.checkpoint import CONFIG_NAME
-from dexvla.train.checkpoint import list_checkpoints
+from dexvla.train.checkpoint import STATE_FILE, list_checkpoints
+from dexvla.train.config import parse_names
 from dexvla.train.engine import CHECKPOINTS_DIR
 from dexvla.train.stages import export_checkpoint
-
-TRAINER_STATE = "trainer_state.json"
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def learning_curve(config: CurveConfig) -> list[dict[str, Any]]:
                 progress=False,
             )
         )["summary"]
-        state = read_json(checkpoint / TRAINER_STATE, "trainer state")
+        state = read_json(checkpoint / STATE_FILE, "trainer state")
         points.append(
             {
                 "checkpoint": checkpoint.name,
@@ -148,15 +147,11 @@ def plot_curve(points: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def parse_paths(text: str) -> tuple[Path, ...]:
-    return tuple(Path(p) for p in text.split(",") if p)
-
-
 def curve_config(args: Any) -> CurveConfig:
     """The `dexvla learning-curve` flags as a CurveConfig."""
     return CurveConfig(
         run=Path(args.run),
-        data=parse_paths(args.data),
+        data=tuple(Path(p) for p in parse_names(args.data)),
         task=args.task,
         out=Path(args.out),
         episodes=args.episodes,

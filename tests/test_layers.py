@@ -23,7 +23,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"policy", "data", "runtime"}),
     frozenset({"sim"}),
     frozenset({"annotate", "train", "eval", "serve"}),
-    frozenset({"experiments"}),
+    frozenset({"experiments", "released"}),
     frozenset({"cli"}),
 )
 MAX_LINES = 420

@@ -315,3 +315,46 @@ def test_every_denoising_step_is_a_module_call():
     for _ in range(3):
         denoise(x, t)
     assert seen == [(3, 10, 14)] * 3
+
+
+# ------------------------------------------------------------------ the released layout
+def test_the_project_layout_is_the_default_and_old_configs_read_as_it():
+    config = tiny_config()
+    assert config.layout == "project" and not config.released
+    saved = config.to_dict()
+    del saved["layout"], saved["combine_dim"]  # a config.json written before the option
+    assert ScaleDPConfig.from_dict(saved) == config
+    model = ScaleDP(config)
+    assert hasattr(model, "cond_embedder") and not hasattr(model, "combine")
+    assert model.blocks[0].mlp.approximate == "none" and not model.t_embedder.bf16_table
+
+
+def test_the_released_layout_conditions_through_combine_and_cond_obs_emb():
+    config = tiny_config(layout="released", state_embed_dim=14, combine_dim=48)
+    assert ScaleDPConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    model = ScaleDP(config)
+    names = {k.split(".")[0] for k in model.state_dict()}
+    assert {"combine", "cond_obs_emb"} <= names and "cond_embedder" not in names
+    assert tuple(model.combine[0].weight.shape) == (48, 24 + 14)
+    assert tuple(model.combine[4].weight.shape) == (24, 48)
+    assert tuple(model.cond_obs_emb.weight.shape) == (32, 24)
+    # aloha's 14-D state enters combine raw; the 7-D hand state through its own projection.
+    assert list(model.state_in) == ["hand"]
+    assert tuple(model.state_in["hand"].weight.shape) == (14, 7)
+    assert model.blocks[0].mlp.approximate == "tanh" and model.t_embedder.bf16_table
+    randomise_zero_inits(model)
+    *_, cond, state, _ = inputs(config, "aloha")
+    with torch.no_grad():
+        expected = model.cond_obs_emb(model.combine(torch.cat([cond, state], -1)))
+    prepared = model.prepare(cond, state, "aloha")
+    torch.testing.assert_close(prepared.embedding, expected)
+    for name in ("aloha", "hand"):
+        out = model(*inputs(config, name))
+        assert out.shape[-1] == config.embodiments[name][0] and out.isfinite().all()
+
+
+def test_bad_layout_values_are_refused():
+    with pytest.raises(ValueError, match="layout must be one of"):
+        tiny_config(layout="authors")
+    with pytest.raises(ValueError, match="combine_dim"):
+        tiny_config(layout="released", combine_dim=0)

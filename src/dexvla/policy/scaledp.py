@@ -5,6 +5,10 @@ One token per action step, non-causal self-attention, and adaLN-Zero conditionin
 projection, state projection and output head on one shared trunk (the paper's multi-head
 output), so one expert can be pre-trained across robots with different action sizes.
 
+`ScaleDPConfig.layout="released"` is the authors' released ScaleDP-H / ScaleDP-L conditioning
+(`combine` + `cond_obs_emb`, tanh GELU, bf16 timestep table), so their stage-1 weights load and
+compute as they were trained (`dexvla.released`, docs/released.md).
+
 Shapes: B batch, Hc action steps (<= chunk_size), A_e / S_e the embodiment's action / state
 size, D width, C cond_dim.
 """
@@ -13,91 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from dexvla.schema import check_known_fields
-
-
-@dataclass(frozen=True)
-class ScaleDPConfig:
-    """Sizes of a ScaleDP expert; JSON-safe through `to_dict` / `from_dict`.
-
-    `embodiments` maps a name to (action_dim, state_dim); each gets its own input, state and
-    output projections. `state_embed_dim` is the width each embodiment's state is projected to
-    before it is concatenated with the condition vector.
-    """
-
-    depth: int
-    width: int
-    heads: int
-    mlp_ratio: float = 4.0
-    cond_dim: int = 1536
-    chunk_size: int = 50
-    embodiments: dict[str, tuple[int, int]] = field(default_factory=lambda: {"aloha": (14, 14)})
-    state_embed_dim: int = 128
-    time_freq_dim: int = 256
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("depth", "width", "heads", "cond_dim", "chunk_size", "state_embed_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ScaleDPConfig.{name} must be a positive int, got {value!r}")
-        if self.width % self.heads != 0:
-            raise ValueError(
-                f"ScaleDPConfig.width ({self.width}) must be divisible by heads ({self.heads})"
-            )
-        if not isinstance(self.time_freq_dim, int) or self.time_freq_dim < 2:
-            raise ValueError(
-                f"ScaleDPConfig.time_freq_dim must be an even int >= 2, got {self.time_freq_dim!r}"
-            )
-        if self.time_freq_dim % 2:
-            raise ValueError(f"ScaleDPConfig.time_freq_dim must be even, got {self.time_freq_dim}")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"ScaleDPConfig.mlp_ratio must be positive, got {self.mlp_ratio}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ScaleDPConfig.dropout must be in [0, 1), got {self.dropout}")
-        if not self.embodiments:
-            raise ValueError("ScaleDPConfig.embodiments must name at least one embodiment")
-        embodiments: dict[str, tuple[int, int]] = {}
-        for name, dims in self.embodiments.items():
-            if not isinstance(name, str) or not name or "." in name:
-                raise ValueError(
-                    f"embodiment name must be a non-empty str without '.', got {name!r}"
-                )
-            if len(dims) != 2 or any(not isinstance(d, int) or d <= 0 for d in dims):
-                raise ValueError(
-                    f"embodiment {name!r}: expected (action_dim, state_dim) positive ints, "
-                    f"got {dims!r}"
-                )
-            embodiments[name] = (int(dims[0]), int(dims[1]))
-        # A private copy, so mutating the caller's dict cannot change a built config.
-        object.__setattr__(self, "embodiments", embodiments)
-
-    @property
-    def mlp_dim(self) -> int:
-        return int(self.width * self.mlp_ratio)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (tuples become lists)."""
-        out = asdict(self)
-        out["embodiments"] = {k: list(v) for k, v in self.embodiments.items()}
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScaleDPConfig:
-        """Inverse of `to_dict`; unknown keys are an error, not silently dropped."""
-        check_known_fields(cls, data)
-        data = dict(data)
-        if "embodiments" in data:
-            data["embodiments"] = {k: tuple(v) for k, v in data["embodiments"].items()}
-        return cls(**data)
+from dexvla.policy.scaledp_config import ScaleDPConfig
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -106,16 +33,24 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class TimestepEmbedder(nn.Module):
-    """Diffusion timestep -> sinusoidal features -> MLP -> (B, D)."""
+    """Diffusion timestep -> sinusoidal features -> MLP -> (B, D).
 
-    def __init__(self, width: int, freq_dim: int) -> None:
+    `bf16_table` reproduces the released ScaleDP: its frequency table is computed in bfloat16
+    (on the CPU, then moved) and its sinusoid features are rounded to bfloat16 before the MLP.
+    """
+
+    def __init__(self, width: int, freq_dim: int, bf16_table: bool = False) -> None:
         super().__init__()
         self.freq_dim = freq_dim
+        self.bf16_table = bf16_table
         self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
 
     def frequencies(self, device: torch.device) -> torch.Tensor:
         """(freq_dim / 2,) fp32 sinusoid frequencies: constants, so a sampler computes them once."""
         half = self.freq_dim // 2
+        if self.bf16_table:  # every op rounds to bf16, as the released weights were trained
+            table = torch.arange(half, dtype=torch.bfloat16) * -math.log(10000.0) / half
+            return torch.exp(table).to(device, torch.float32)
         return torch.exp(
             -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=device) / half
         )
@@ -128,7 +63,10 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor, freqs: torch.Tensor | None = None) -> torch.Tensor:
         """(B,) timesteps -> (B, D); `freqs` from `frequencies` saves recomputing them."""
-        return self.mlp(self.sinusoid(t, freqs).to(self.mlp[0].weight.dtype))
+        features = self.sinusoid(t, freqs)  # (B, freq_dim) fp32
+        if self.bf16_table:
+            features = features.to(torch.bfloat16)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class Attention(nn.Module):
@@ -152,27 +90,31 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear (exact erf GELU: on CPU it is ~3x cheaper than the tanh form)."""
+    """Linear -> GELU -> Linear. Exact erf GELU by default (on CPU ~3x cheaper than the tanh
+    form); `approximate="tanh"` for the released layout, whose weights were trained with it."""
 
-    def __init__(self, width: int, hidden: int, dropout: float) -> None:
+    def __init__(self, width: int, hidden: int, dropout: float, approximate: str = "none") -> None:
         super().__init__()
+        self.approximate = approximate
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x))))
+        return self.drop(self.fc2(F.gelu(self.fc1(x), approximate=self.approximate)))
 
 
 class ScaleDPBlock(nn.Module):
     """adaLN-Zero transformer block: the condition sets shift, scale and gate of both halves."""
 
-    def __init__(self, width: int, heads: int, mlp_dim: int, dropout: float) -> None:
+    def __init__(
+        self, width: int, heads: int, mlp_dim: int, dropout: float, approximate: str = "none"
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(width, heads, dropout)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(width, mlp_dim, dropout)
+        self.mlp = Mlp(width, mlp_dim, dropout, approximate)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -228,19 +170,32 @@ class ScaleDP(nn.Module):
         self.compiled_step: Callable[..., torch.Tensor] | None = None
         D = config.width
         names = list(config.embodiments)
-        # Per-embodiment projections in and out of the shared trunk.
+        # Per-embodiment projections in and out of the shared trunk (the released layout has
+        # no state projection for an embodiment whose state is as wide as `combine` reads).
         self.action_in = nn.ModuleDict({e: nn.Linear(config.embodiments[e][0], D) for e in names})
         self.state_in = nn.ModuleDict(
-            {e: nn.Linear(config.embodiments[e][1], config.state_embed_dim) for e in names}
+            {
+                e: nn.Linear(config.embodiments[e][1], config.state_embed_dim)
+                for e in names
+                if config.projects_state(e)
+            }
         )
         self.action_out = nn.ModuleDict({e: nn.Linear(D, config.embodiments[e][0]) for e in names})
         self.pos_embed = nn.Parameter(torch.zeros(1, config.chunk_size, D))
-        self.t_embedder = TimestepEmbedder(D, config.time_freq_dim)
-        self.cond_embedder = nn.Sequential(
-            nn.Linear(config.cond_dim + config.state_embed_dim, D), nn.SiLU(), nn.Linear(D, D)
-        )
+        self.t_embedder = TimestepEmbedder(D, config.time_freq_dim, bf16_table=config.released)
+        joined = config.cond_dim + config.state_embed_dim
+        if config.released:
+            hidden = config.combine_dim
+            self.combine = nn.Sequential(
+                nn.Linear(joined, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                nn.Linear(hidden, config.cond_dim),
+            )  # fmt: skip
+            self.cond_obs_emb = nn.Linear(config.cond_dim, D)
+        else:
+            self.cond_embedder = nn.Sequential(nn.Linear(joined, D), nn.SiLU(), nn.Linear(D, D))
+        gelu = "tanh" if config.released else "none"
         self.blocks = nn.ModuleList(
-            ScaleDPBlock(D, config.heads, config.mlp_dim, config.dropout)
+            ScaleDPBlock(D, config.heads, config.mlp_dim, config.dropout, gelu)
             for _ in range(config.depth)
         )
         self.final_layer = FinalLayer(D)
@@ -253,7 +208,10 @@ class ScaleDP(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.normal_(self.pos_embed, std=0.02)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+        fresh = [self.t_embedder.mlp[0], self.t_embedder.mlp[2]]
+        if self.config.released:  # as the released DiT initialisation names it
+            fresh.append(self.cond_obs_emb)
+        for layer in fresh:
             nn.init.normal_(layer.weight, std=0.02)
         for block in self.blocks:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
@@ -301,11 +259,18 @@ class ScaleDP(nn.Module):
         self, cond: torch.Tensor, state: torch.Tensor, embodiment: str
     ) -> PreparedCondition:
         """Check (cond, state) and compute the timestep-free part of the adaLN condition once:
-        cond (B, C), state (B, S_e) -> MLP(cond ++ projected state) (B, D), plus constants."""
+        cond (B, C), state (B, S_e) -> MLP(cond ++ projected state) (B, D), plus constants
+        (released layout: cond_obs_emb(combine(cond ++ state)))."""
         self._check_condition(cond, state, embodiment)
         dtype = self.pos_embed.dtype
-        s = self.state_in[embodiment](state.to(dtype))  # (B, state_embed_dim)
-        embedding = self.cond_embedder(torch.cat([cond.to(dtype), s], dim=-1))  # (B, D)
+        s = state.to(dtype)
+        if embodiment in self.state_in:
+            s = self.state_in[embodiment](s)  # (B, state_embed_dim)
+        joined = torch.cat([cond.to(dtype), s], dim=-1)  # (B, C + state_embed_dim)
+        if self.config.released:
+            embedding = self.cond_obs_emb(self.combine(joined))  # (B, C) -> (B, D)
+        else:
+            embedding = self.cond_embedder(joined)  # (B, D)
         freqs = self.t_embedder.frequencies(embedding.device)  # (freq_dim / 2,)
         return PreparedCondition(embedding, freqs)
 

@@ -12,11 +12,17 @@ A trainable condition projection `stage1_proj` (Linear -> LayerNorm -> GELU -> L
 paper's projector shape) maps `concat(vision, language)` to the expert's `cond_dim`. Averaging
 over cameras makes one projection serve every embodiment whatever its camera count. Stage 2
 keeps `expert.*` and drops `stage1_proj.*` (see `load_stage1_expert`).
+
+A stage-1 artefact is `config.json` (kind "dexvla-stage1", the expert's architecture under
+`policy.expert` or `expert`) and `model.safetensors`; a converted released expert
+(`dexvla.released`) also names under `reinitialise` the expert modules stage 2 starts fresh, and
+sets `fresh_heads` so heads of embodiments it lacks start fresh instead of being an error.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +43,7 @@ from dexvla.policy.configuration import PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
 from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import resize_images
-from dexvla.policy.scaledp import ScaleDP
+from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 from dexvla.policy.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean
 from dexvla.schema import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, TASK, image_key
 from dexvla.stats import DatasetStats
@@ -53,6 +59,9 @@ ENCODER_SEED = 0
 # Per-embodiment expert parts: a stage-1 expert's heads for embodiments a stage-2 policy does
 # not serve are dropped by these names.
 HEAD_MODULES = ("action_in", "state_in", "action_out")
+# config.json keys of an artefact: expert modules stage 2 re-initialises; fresh missing heads.
+REINITIALISE_KEY = "reinitialise"
+FRESH_HEADS_KEY = "fresh_heads"
 
 
 class Stage1Encoder(nn.Module):
@@ -184,8 +193,8 @@ class Stage1Policy(nn.Module):
         return directory
 
 
-def read_stage1(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """A stage-1 artefact's config and weights; errors say what is wrong with the directory."""
+def read_stage1_config(directory: Path) -> dict[str, Any]:
+    """A stage-1 artefact's config.json; errors say what is wrong with the directory."""
     directory = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
@@ -194,8 +203,27 @@ def read_stage1(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
     if config.get("kind") != STAGE1_KIND:
         raise ValueError(
             f"{directory} is not a stage-1 checkpoint (config kind {config.get('kind')!r}); "
-            "stage 2 --init takes the final/ directory of a `dexvla train --stage 1` run"
+            "stage 2 --init takes the final/ directory of a `dexvla train --stage 1` run or "
+            "of `dexvla convert-released-expert`"
         )
+    return config
+
+
+def stage1_expert_config(config: dict[str, Any], directory: Path) -> ScaleDPConfig:
+    """The expert architecture a stage-1 artefact's config.json records."""
+    expert = config.get("expert", config.get("policy", {}).get("expert"))
+    if not isinstance(expert, dict):
+        raise ValueError(f"stage-1 checkpoint {directory}: {CONFIG_NAME} records no expert")
+    try:
+        return ScaleDPConfig.from_dict(expert)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"stage-1 checkpoint {directory}: bad expert config: {error}") from None
+
+
+def read_stage1(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A stage-1 artefact's config and weights; errors say what is wrong with the directory."""
+    directory = Path(directory)
+    config = read_stage1_config(directory)
     try:
         state = load_file(str(directory / WEIGHTS_NAME))
     except Exception as error:
@@ -204,23 +232,27 @@ def read_stage1(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
 
 
 def map_stage1_state(
-    state: dict[str, torch.Tensor], expert: ScaleDP
+    state: dict[str, torch.Tensor], expert: ScaleDP, fresh: Iterable[str] = ()
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Stage-1 weights -> the expert's state dict, by an explicit key mapping.
 
     `expert.<name>` maps to `<name>`; `stage1_proj.*` and the heads of embodiments `expert` has
-    no head for are dropped by name. Any other key, a missing expert key or a shape mismatch is
-    a ValueError listing the keys. Returns (expert state, dropped keys).
+    no head for are dropped by name. The expert modules named in `fresh` (e.g. "cond_obs_emb",
+    "action_in.sawyer") keep `expert`'s own initialisation: the artefact's tensors for them
+    are dropped. Any other key, a missing expert key or a shape mismatch is a ValueError
+    listing the keys. Returns (expert state, dropped keys).
     """
     served = set(expert.config.embodiments)
-    mapped: dict[str, torch.Tensor] = {}
+    target = expert.state_dict()
+    own = tuple(f"{module}." for module in fresh)
+    mapped = {k: v for k, v in target.items() if k.startswith(own)}
     dropped: list[str] = []
     unexpected: list[str] = []
     for key, value in state.items():
-        if key.startswith(PROJ_PREFIX):
+        name = key.removeprefix(EXPERT_PREFIX)
+        if key.startswith(PROJ_PREFIX) or (key.startswith(EXPERT_PREFIX) and name.startswith(own)):
             dropped.append(key)
         elif key.startswith(EXPERT_PREFIX):
-            name = key[len(EXPERT_PREFIX) :]
             parts = name.split(".")
             if parts[0] in HEAD_MODULES and parts[1] not in served:
                 dropped.append(key)
@@ -228,7 +260,6 @@ def map_stage1_state(
                 mapped[name] = value
         else:
             unexpected.append(key)
-    target = expert.state_dict()
     unexpected += [EXPERT_PREFIX + key for key in set(mapped) - set(target)]
     missing = [EXPERT_PREFIX + key for key in set(target) - set(mapped)]
     check_state_dict(
@@ -242,10 +273,31 @@ def map_stage1_state(
     return mapped, dropped
 
 
+def fresh_modules(config: dict[str, Any], directory: Path, expert: ScaleDP) -> list[str]:
+    """The expert modules stage 2 starts fresh from an artefact: those it names under
+    `reinitialise`, and (with `fresh_heads`) the heads of embodiments it has none for."""
+    fresh = [str(module) for module in config.get(REINITIALISE_KEY, [])]
+    if config.get(FRESH_HEADS_KEY):
+        heads = stage1_expert_config(config, directory).embodiments
+        own = expert.state_dict()
+        fresh += [
+            f"{module}.{name}"
+            for name in expert.config.embodiments
+            if name not in heads
+            for module in HEAD_MODULES
+            if any(k.startswith(f"{module}.{name}.") for k in own)
+        ]
+    return fresh
+
+
 def load_stage1_expert(policy: DexVLAPolicy, directory: Path) -> list[str]:
     """Load a stage-1 artefact's expert into `policy.expert` strictly; return dropped keys."""
-    _, state = read_stage1(directory)
-    mapped, dropped = map_stage1_state(state, policy.expert)
+    config, state = read_stage1(directory)
+    fresh = fresh_modules(config, Path(directory), policy.expert)
+    mapped, dropped = map_stage1_state(state, policy.expert, fresh)
     policy.expert.load_state_dict(mapped, strict=True, assign=True)  # the read tensors, no copy
-    log.info("stage-1 expert loaded from %s; dropped by name: %s", directory, dropped)
+    log.info(
+        "stage-1 expert loaded from %s; dropped by name: %s; initialised fresh: %s",
+        directory, dropped, fresh,
+    )  # fmt: skip
     return dropped

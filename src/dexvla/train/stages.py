@@ -9,6 +9,7 @@ from here too.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,10 +26,15 @@ from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.policy.vlm import Qwen2VL, load_tokenizer
 from dexvla.train.checkpoint import checkpoint_problem, latest_checkpoint, load_model_weights
-from dexvla.train.engine import CHECKPOINTS_DIR, Trainer
+from dexvla.train.engine import CHECKPOINTS_DIR, Trainer, seed_everything
 from dexvla.train.freezing import apply_freezing, merge_lora, trainable_parameters
 from dexvla.train.recipes import STAGE_PRESETS, StageConfig, get_stage_preset, stage_preset_for
-from dexvla.train.stage1 import Stage1Policy, load_stage1_expert
+from dexvla.train.stage1 import (
+    Stage1Policy,
+    load_stage1_expert,
+    read_stage1_config,
+    stage1_expert_config,
+)
 from dexvla.train.stage_data import StageData, load_stage_data
 
 __all__ = [
@@ -58,6 +64,23 @@ def read_init_policy(config: StageConfig, init: Path) -> PolicyCheckpoint:
         return read_policy_checkpoint(init)
     except (FileNotFoundError, ValueError) as error:
         raise type(error)(f"--init: {error}; {config.recipe.without_init}") from None
+
+
+def stage_policy_config(
+    config: StageConfig, init: Path | None, env_state_dim: int = 1
+) -> PolicyConfig:
+    """The policy a stage builds; one started from a stage-1 artefact (`--init`) takes the
+    artefact's expert architecture (sizes, layout, chunk) with the stage's heads, and executes
+    at most the artefact's chunk of actions per chunk."""
+    policy = config.policy_config(env_state_dim)
+    if config.recipe.init != "expert" or init is None:
+        return policy
+    expert = stage1_expert_config(read_stage1_config(init), init)
+    expert = dataclasses.replace(expert, embodiments=policy.expert.embodiments)
+    steps = min(policy.n_action_steps, expert.chunk_size)
+    if steps != policy.n_action_steps:
+        log.warning("--init %s predicts chunks of %d actions: executing %d", init, steps, steps)
+    return policy.replace(expert=expert, n_action_steps=steps)
 
 
 def check_continued_overrides(config: StageConfig, policy: PolicyConfig, init: Path) -> None:
@@ -114,7 +137,7 @@ def build_model(
     if recipe.init == "policy":
         policy = continued_policy(config, data, init, weights)
     else:
-        policy_config = config.policy_config(data.env_state_dim)
+        policy_config = stage_policy_config(config, init, data.env_state_dim)
         processor = DexVLAProcessor(
             policy_config.vlm.image_size, policy_config.embodiments, data.stats
         )
@@ -156,7 +179,7 @@ def open_stage(
         log.warning(recipe.without_init)
     if init is not None and recipe.init == "none":
         log.warning("stage %d starts from scratch: --init %s is not used", config.stage, init)
-    policy_config, base_stats = config.policy_config(), None
+    policy_config, base_stats = stage_policy_config(config, init), None
     if recipe.init == "policy":
         assert init is not None
         continued = read_init_policy(config, init)
@@ -190,6 +213,9 @@ def run_stage(
             f"{out_dir} already holds checkpoints: pass --resume to continue that run, or pick "
             "a new --out"
         )
+    # The run's seed decides the initial weights too (heads no batch trains stay as built); a
+    # resumed run's are replaced by its checkpoint's.
+    seed_everything(config.train.seed)
     model, tuner = build_model(config, data, init_path)
     log.info("stage %d: %d trainable tensors", config.stage, len(trainable_parameters(model)))
 

@@ -103,3 +103,41 @@ def test_one_command_registers_its_module_only(capsys: pytest.CaptureFixture[str
     assert "--featured" in capsys.readouterr().out
     stand_in = _subparser(build_parser("tasks"), ("train",))
     assert not {"--stage", "--preset"} & {o for a in stand_in._actions for o in a.option_strings}
+
+
+def _failing_summary(path):
+    raise OSError(f"[Errno 28] No space left on device: '{path}'\nwhile reading")
+
+
+def test_a_user_error_is_one_line_and_exit_2_without_traceback(monkeypatch, capsys, tmp_path):
+    import dexvla.data.commands
+    from dexvla.cli import main
+
+    monkeypatch.delenv("DEXVLA_DEBUG", raising=False)
+    monkeypatch.setattr(dexvla.data.commands, "dataset_summary", _failing_summary)
+    assert main(["dataset", "info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"dexvla dataset: error: [Errno 28] No space left on device: '{tmp_path}'; while reading\n"
+    )
+    with pytest.raises(OSError, match="No space left"):
+        main(["--debug", "dataset", "info", str(tmp_path)])
+    monkeypatch.setenv("DEXVLA_DEBUG", "1")
+    with pytest.raises(OSError, match="No space left"):
+        main(["dataset", "info", str(tmp_path)])
+
+
+def test_a_corrupt_dataset_file_is_one_line_naming_it(tmp_path, make_episode):
+    from dexvla.data.act_hdf5 import write_act_episode
+
+    write_act_episode(tmp_path / "episode_0.hdf5", make_episode(0))
+    path = tmp_path / "episode_0.hdf5"
+    path.write_bytes(path.read_bytes()[:2000])
+    done = subprocess.run(
+        [sys.executable, "-m", "dexvla.cli", "dataset", "info", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"dexvla dataset: error: {path}: not a readable HDF5 file")

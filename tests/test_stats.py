@@ -104,3 +104,24 @@ def test_camera_fovy_travels_with_the_stats_and_conflicts_are_refused(tmp_path, 
     fallback = DatasetStats.from_episodes([sawyer]).with_fallback(stats)
     assert fallback.embodiments == ["aloha", "sawyer"]
     assert fallback.camera_fovy == {"aloha": {"cam_high": 50.0}}
+
+
+def test_a_stats_file_missing_a_statistic_is_an_error_naming_the_file_and_key(tmp_path):
+    import json
+    import re
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "stats.json"
+    DatasetStats.from_arrays("aloha", rng.normal(size=(9, 14)), rng.normal(size=(9, 14))).save(path)
+    data = json.loads(path.read_text())
+    del data["embodiments"]["aloha"]["observation.state"]["std"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as error:
+        DatasetStats.load(path)
+    assert str(error.value).startswith(f"{path}: ") and "observation.state.std" in str(error.value)
+    path.write_text('{"version": 1, "embodiments": {"robot-x": {}}}')
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ") + ".*robot-x"):
+        DatasetStats.load(path)
+    path.write_text("{")
+    with pytest.raises(ValueError, match=r"stats\.json is not valid JSON"):
+        DatasetStats.load(path)

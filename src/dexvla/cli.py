@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from dexvla.io import one_line
 
 # name -> (the module that registers it, its help line); in the order `dexvla --help` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "closed-loop evaluation in a simulated task, with videos and a report",
     ),
     "train": ("dexvla.train.commands", "train one stage of the DexVLA curriculum"),
+    "convert-released-expert": (
+        "dexvla.released.commands",
+        "convert the authors' released ScaleDP expert into a stage-1 artefact",
+    ),
     "demo": (
         "dexvla.experiments.commands",
         "collect, train the three stages, evaluate and report, end to end",
@@ -45,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "evaluate a training run's kept checkpoints: success against samples seen",
     ),
 }
+
+
+USER_ERRORS = (ValueError, KeyError, OSError)  # bad input, reported in one line
+DEBUG_ENV = "DEXVLA_DEBUG"  # set to 1: a user error raises with its traceback
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -72,15 +83,20 @@ def _command_of(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; a user error (bad input: ValueError, KeyError, OSError such as a path
+    that cannot be read or written) prints one `error:` line and returns 2. `--debug` or
+    DEXVLA_DEBUG=1 lets it raise with its traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_of(argv))
+    parser.add_argument("--debug", action="store_true", help="show an error's traceback")
     args = parser.parse_args(argv)
     args.argv = argv  # as typed, for provenance
     try:
         return int(args.func(args) or 0)
-    except (ValueError, KeyError, FileNotFoundError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"dexvla {args.command}: error: {message}", file=sys.stderr)
+    except USER_ERRORS as error:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"dexvla {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
 
 

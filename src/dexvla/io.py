@@ -4,13 +4,16 @@ A file goes to a temporary sibling and is renamed over its target (`os.replace`)
 (a checkpoint, a stage's export) is filled in a temporary sibling directory and swapped into
 place once complete. A crash at any moment leaves the old artefact or the new one, never a
 half-written one; `remove_stale_temps` deletes what a crashed writer left behind. `read_json`
-is the one JSON reader: its errors name the file.
+is the one JSON reader: its errors name the file; `reading` gives the other readers (parquet,
+HDF5, video) the same one-line errors naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +24,21 @@ from typing import Any
 TMP_SUFFIX = ".tmp"
 STAGING_MARK = ".tmp-"  # in the name of a directory being filled
 RETIRED_MARK = ".old-"  # in the name of a directory being replaced
+# A full disk, a full quota, a file-size limit: a write failed for want of space.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust writers (safetensors) say errno
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _shareable(path: str | Path, mode: int) -> None:
+    """Give a temporary file (0666) or directory (0777) the mode a plain create would have:
+    mkstemp's 0600 and mkdtemp's 0700 would make shared results unreadable to others."""
+    os.chmod(path, mode & ~_umask())
 
 
 def _temp_path(path: Path) -> Path:
@@ -29,7 +47,7 @@ def _temp_path(path: Path) -> Path:
     suffix = TMP_SUFFIX + path.suffix
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
-    os.chmod(name, 0o644)  # mkstemp's 0600 would make shared results unreadable to others
+    _shareable(name, 0o666)
     return Path(name)
 
 
@@ -83,15 +101,53 @@ def atomic_write_parquet(path: Path, table: Any, **kwargs: Any) -> None:
     atomic_write(path, lambda temp: pq.write_table(table, temp, **kwargs))
 
 
+def no_space_errno(error: BaseException) -> int | None:
+    """The errno of a write that failed for want of space (None for any other error): an
+    `OSError`'s, or the `os error N` in the message of a Rust writer's error (safetensors)."""
+    if isinstance(error, OSError):
+        code = error.errno
+    else:
+        match = _RUST_OS_ERROR.search(str(error))
+        code = int(match.group(1)) if match else None
+    return code if code in NO_SPACE_ERRNOS else None
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (pyarrow's and h5py's span several; a KeyError's
+    without the quotes its str adds)."""
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+@contextmanager
+def reading(
+    path: Path,
+    problem: str = "unreadable file",
+    errors: tuple[type[Exception], ...] = (OSError, ValueError),
+) -> Iterator[None]:
+    """Re-raise what a third-party reader raises on a corrupt or truncated file (pyarrow: OSError
+    or ValueError; h5py: OSError, so `errors=(OSError,)` where the block raises its own
+    ValueErrors) as one ValueError line naming `path` and the `problem`."""
+    try:
+        yield
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path}: missing ({one_line(error)})") from None
+    except errors as error:
+        raise ValueError(f"{path}: {problem} ({one_line(error)})") from None
+
+
 def read_json(path: Path, what: str = "file") -> Any:
-    """Parse a JSON file; a missing or malformed file is an error naming it."""
+    """Parse a JSON file; a missing, unreadable or malformed file is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{what} {path} is not valid JSON: {error}") from None
+        raise ValueError(f"{what} {path} is not valid JSON: {one_line(error)}") from None
+    except OSError as error:
+        raise ValueError(f"{what} {path} cannot be read: {one_line(error)}") from None
 
 
 @contextmanager
@@ -106,6 +162,7 @@ def atomic_directory(directory: Path) -> Iterator[Path]:
     directory.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{directory.name}{STAGING_MARK}"
     staging = Path(tempfile.mkdtemp(prefix=prefix, dir=directory.parent))
+    _shareable(staging, 0o777)
     try:
         yield staging
         for path in staging.rglob("*"):

@@ -11,7 +11,6 @@ rather than dividing by ~0; the inverse stays exact.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 
 from dexvla.embodiments import get_embodiment
-from dexvla.io import atomic_write_json
+from dexvla.io import atomic_write_json, read_json
 
 if TYPE_CHECKING:
     from dexvla.schema import Episode
@@ -30,6 +29,7 @@ EPS = 1e-6
 STATE = "observation.state"
 ACTION = "action"
 KEYS = (STATE, ACTION)
+NORMALIZER_STATS = {ACTION: ("min", "max"), STATE: ("mean", "std")}  # what `Normalizer` reads
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 STATS_VERSION = 1
 FOVY_KEY = "camera_fovy"
@@ -212,6 +212,13 @@ class DatasetStats:
                 fovy[name] = {cam: float(v) for cam, v in keys[FOVY_KEY].items()}
             get_embodiment(name)
             missing = [key for key in KEYS if key not in keys]
+            missing += [
+                f"{key}.{stat}"
+                for key, stats_needed in NORMALIZER_STATS.items()
+                if key in keys
+                for stat in stats_needed
+                if stat not in keys[key]
+            ]
             if missing:
                 raise ValueError(f"dataset stats {name}: missing {missing}")
             stats[name] = {
@@ -226,12 +233,14 @@ class DatasetStats:
 
     @classmethod
     def load(cls, path: Path) -> DatasetStats:
+        """Read a `save`d file; every error names it."""
         path = Path(path)
+        data = read_json(path, "dataset stats")
         try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from None
-        return cls.from_json(data)
+            return cls.from_json(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            raise ValueError(f"{path}: {message}") from None
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Flat `{"<embodiment>/<key>/<stat>": float32 tensor}`, e.g. for safetensors."""

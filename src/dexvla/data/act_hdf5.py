@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from dexvla.data.images import decode_image, encode_image
 from dexvla.embodiments import EMBODIMENTS, Embodiment, get_embodiment
-from dexvla.io import atomic_write
+from dexvla.io import atomic_write, one_line, reading
 from dexvla.schema import Episode
 
 ACT_CAMERA_ALIASES = {
@@ -69,12 +70,17 @@ class _ActFile:
         except FileNotFoundError:
             raise FileNotFoundError(f"{self.path}: episode file missing") from None
         except OSError as error:
-            raise ValueError(f"{self.path}: not a readable HDF5 file ({error})") from None
+            raise ValueError(f"{self.path}: not a readable HDF5 file ({one_line(error)})") from None
         try:
-            self._check(embodiment, camera_map)
+            with self.reading():
+                self._check(embodiment, camera_map)
         except BaseException:
             self.h5.close()
             raise
+
+    def reading(self) -> AbstractContextManager[None]:
+        """h5py's OSError on a corrupt block, as one ValueError line naming the file."""
+        return reading(self.path, "corrupt HDF5 file", errors=(OSError,))
 
     def _dataset(self, name: str) -> h5py.Dataset:
         if name not in self.h5 or not isinstance(self.h5[name], h5py.Dataset):
@@ -142,6 +148,10 @@ class _ActFile:
                 )
 
     def lowdim(self, task: str | None) -> dict[str, Any]:
+        with self.reading():
+            return self._lowdim(task)
+
+    def _lowdim(self, task: str | None) -> dict[str, Any]:
         state = np.asarray(self._dataset("observations/qpos"), dtype=np.float32)
         action = np.asarray(self._dataset("action"), dtype=np.float32)
         for field, values in (("observations/qpos", state), ("action", action)):
@@ -172,9 +182,10 @@ class _ActFile:
         key = self.cameras[cam]
         data = self.h5[f"observations/images/{key}"]
         where = f"{self.path} /observations/images/{key} frame {t}"
+        with self.reading():
+            buffer = np.asarray(data[t], dtype=np.uint8)
         if not self.compressed:
-            return np.asarray(data[t], dtype=np.uint8)
-        buffer = np.asarray(data[t], dtype=np.uint8)
+            return buffer
         if self.compress_len is not None:
             size = int(self.compress_len[self._stored_order.index(key), t])
             buffer = buffer[:size]
@@ -183,7 +194,8 @@ class _ActFile:
     def images(self, cam: str) -> np.ndarray:
         key = self.cameras[cam]
         if not self.compressed:
-            return np.asarray(self.h5[f"observations/images/{key}"], dtype=np.uint8)
+            with self.reading():
+                return np.asarray(self.h5[f"observations/images/{key}"], dtype=np.uint8)
         return np.stack([self.image(t, cam) for t in range(self.length)])
 
     def close(self) -> None:

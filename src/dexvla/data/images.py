@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from dexvla.io import one_line
 
 IMAGE_FORMATS = ("png", "jpeg")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -49,12 +51,16 @@ def decode_image(data: bytes, where: str = "image") -> np.ndarray:
         try:
             frames = context.decode(av.Packet(data))
         except av.FFmpegError as error:
-            raise ValueError(f"{where}: cannot decode image ({error})") from None
+            raise ValueError(f"{where}: cannot decode image ({one_line(error)})") from None
         if len(frames) != 1:
             raise ValueError(f"{where}: cannot decode image ({len(frames)} frames in a PNG)")
         return frames[0].to_ndarray(format="rgb24")
     try:
         with Image.open(io.BytesIO(data)) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError(
+            f"{where}: cannot decode image (not PNG or JPEG, {len(data)} bytes)"
+        ) from None
     except OSError as error:
-        raise ValueError(f"{where}: cannot decode image ({error})") from None
+        raise ValueError(f"{where}: cannot decode image ({one_line(error)})") from None

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dexvla.io import one_line
+
 
 class VideoFile:
     """One open mp4; `frames(start, count, fps)` decodes `count` frames from `start` seconds.
@@ -28,7 +30,7 @@ class VideoFile:
         try:
             self.container = av.open(str(self.path))
         except (av.FFmpegError, OSError) as error:
-            raise ValueError(f"{self.path}: unreadable video ({error})") from None
+            raise ValueError(f"{self.path}: unreadable video ({one_line(error)})") from None
         if not self.container.streams.video:
             raise ValueError(f"{self.path}: no video stream")
         self.stream = self.container.streams.video[0]
@@ -53,7 +55,9 @@ class VideoFile:
                 if len(out) == count:
                     return np.stack(out)
         except av.FFmpegError as error:
-            raise ValueError(f"{self.path}: cannot decode at {start:.3f} s ({error})") from None
+            raise ValueError(
+                f"{self.path}: cannot decode at {start:.3f} s ({one_line(error)})"
+            ) from None
         raise ValueError(
             f"{self.path}: no frame at {start + len(out) / fps:.3f} s (needed {count} frames "
             f"at {fps} fps from {start:.3f} s, found {len(out)})"

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen2VLConfig
 
-from dexvla.io import atomic_directory, atomic_write_json, read_json
+from dexvla.io import atomic_directory, atomic_write_json, one_line, read_json
 from dexvla.policy.configuration import PolicyConfig
 from dexvla.stats import DatasetStats
 
@@ -119,7 +119,7 @@ def load_state_dict_strict(model: nn.Module, path: Path) -> None:
     try:
         state = load_file(str(path))
     except Exception as error:
-        raise ValueError(f"cannot read weights {path}: {error}") from None
+        raise ValueError(f"cannot read weights {path}: {one_line(error)}") from None
     expected = model.state_dict()
     unexpected = sorted(set(state) - set(expected))
     missing = [

@@ -103,9 +103,14 @@ class DexVLAProcessor:
             )
         for cam in spec.cameras:
             image = np.asarray(observation[image_key(cam)])
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            if (
+                image.dtype != np.uint8
+                or image.ndim != 3
+                or image.shape[-1] != 3
+                or min(image.shape[:2]) < 1
+            ):
                 raise ValueError(
-                    f"observation image {cam!r}: expected uint8 (H, W, 3), "
+                    f"observation image {cam!r}: expected uint8 (H, W, 3) with H, W >= 1, "
                     f"got {image.dtype} {tuple(image.shape)}"
                 )
         if STATE not in observation:
@@ -113,11 +118,14 @@ class DexVLAProcessor:
         state = np.asarray(observation[STATE])
         if state.shape != (spec.state_dim,):
             raise ValueError(
-                f"observation state for {embodiment!r}: expected shape ({spec.state_dim},), "
+                f"observation {STATE!r} for {embodiment!r}: expected shape ({spec.state_dim},), "
                 f"got {tuple(state.shape)}"
             )
         if not np.issubdtype(state.dtype, np.number) or not np.isfinite(state).all():
-            raise ValueError(f"observation state contains NaN or non-numeric values: {state}")
+            raise ValueError(
+                f"observation {STATE!r} contains NaN, infinite or non-numeric values: "
+                f"{np.array2string(state, max_line_width=10**6)}"
+            )
         return embodiment
 
     def prepare(self, observations: Observations) -> tuple[dict[str, Any], str]:

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_state_dict,
 )
 
-from dexvla.io import atomic_directory, atomic_write_json, read_json
+from dexvla.io import atomic_directory, atomic_write_json, no_space_errno, read_json
 from dexvla.train.config import ConfigMismatchError, TrainConfig
 from dexvla.train.distributed import (
     DistInfo,
@@ -122,6 +124,22 @@ def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
 # ---------------------------------------------------------------- save
 
 
+@contextmanager
+def explain_no_space(final: Path) -> Iterator[None]:
+    """A save that failed for want of space: one line naming it and the checkpoint kept."""
+    try:
+        yield
+    except Exception as error:
+        if (code := no_space_errno(error)) is None:
+            raise
+        kept = latest_checkpoint(final.parent)
+        raise OSError(
+            code,
+            f"no space left to save checkpoint {final} ({os.strerror(code)}); "
+            f"{f'{kept} is intact' if kept else 'no earlier checkpoint'}: free space, --resume",
+        ) from None
+
+
 def save_checkpoint(
     root: str | Path,
     step: int,
@@ -172,7 +190,7 @@ def save_checkpoint(
         barrier()  # every rank's files are in
         barrier()  # rank 0 has renamed the directory
         return final
-    with atomic_directory(final) as tmp:
+    with explain_no_space(final), atomic_directory(final) as tmp:
         broadcast_object(str(tmp))
         if sharded:
             _write_json(tmp / SHARDS_FILE, write_shards(tmp))

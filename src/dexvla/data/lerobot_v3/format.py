@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dexvla.io import is_temp
+from dexvla.io import is_temp, reading
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -119,7 +119,10 @@ def tasks_table(tasks: list[str]) -> pa.Table:
 
 def read_tasks(path: Path) -> dict[int, str]:
     """task_index -> task from a tasks.parquet written by this module, pandas or LeRobot."""
-    table = pq.read_table(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: tasks table missing")
+    with reading(path, "unreadable tasks table"):
+        table = pq.read_table(path)
     names = table.column_names
     text_column = next(
         (c for c in ("task", "__index_level_0__") if c in names),
@@ -149,18 +152,18 @@ def read_episode_rows(root: Path) -> list[dict[str, Any]]:
     """
     rows: dict[int, dict[str, Any]] = {}
     for path in episode_files(root):
-        try:
+        with reading(path, "unreadable episode metadata"):
             table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise ValueError(f"{path}: unreadable episode metadata ({error})") from None
         for row in table.to_pylist():
             rows.setdefault(int(row["episode_index"]), row)
     return [rows[index] for index in sorted(rows)]
 
 
-def column_to_numpy(column: pa.ChunkedArray, width: int, where: str) -> np.ndarray:
-    """A fixed- or variable-size list column -> float32 (N, width)."""
-    array = column.combine_chunks()
+def column_to_numpy(table: pa.Table, name: str, width: int, where: str) -> np.ndarray:
+    """A fixed- or variable-size list column of finite numbers -> float32 (N, width); errors
+    name `where` (the file and episode) and the column."""
+    array = table.column(name).combine_chunks()
+    where = f"{where} column {name!r}"
     if not (pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type)):
         raise ValueError(f"{where}: expected a list column, got {array.type}")
     flat = array.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
@@ -168,4 +171,6 @@ def column_to_numpy(column: pa.ChunkedArray, width: int, where: str) -> np.ndarr
         raise ValueError(
             f"{where}: expected {width} values per frame, got {flat.size} for {len(array)} frames"
         )
+    if not np.isfinite(flat).all():
+        raise ValueError(f"{where}: NaN or infinite values")
     return flat.reshape(len(array), width)

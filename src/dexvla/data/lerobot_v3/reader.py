@@ -41,8 +41,10 @@ from dexvla.data.lerobot_v3.format import (
 )
 from dexvla.data.video import VideoFile
 from dexvla.embodiments import get_embodiment
-from dexvla.io import read_json
+from dexvla.io import read_json, reading
 from dexvla.schema import ACTION, ENV_STATE, REWARD, STATE, SUBSTEP, Episode, camera_of
+
+CORRUPT = "corrupt data file"
 
 
 class _LruCache(OrderedDict):
@@ -158,10 +160,8 @@ class LeRobotV3Dataset:
         def load() -> tuple[pq.ParquetFile, list[int]]:
             if not path.exists():
                 raise FileNotFoundError(f"{path}: data file missing")
-            try:
+            with reading(path, CORRUPT):
                 handle = pq.ParquetFile(path, pre_buffer=False)
-            except (pa.ArrowInvalid, OSError) as error:
-                raise ValueError(f"{path}: corrupt data file ({error})") from None
             sizes = [handle.metadata.row_group(g).num_rows for g in range(handle.num_row_groups)]
             return handle, np.concatenate([[0], np.cumsum(sizes)]).tolist()
 
@@ -174,7 +174,9 @@ class LeRobotV3Dataset:
         """Row of episode i's first frame inside its data file."""
         if i not in self._offsets:
             path = self.data_file(i)
-            index = self._parquet(path).read(columns=["index"]).column("index")
+            handle = self._parquet(path)
+            with reading(path, CORRUPT):
+                index = handle.read(columns=["index"]).column("index")
             start = int(self.rows[i]["dataset_from_index"])
             position = pc.index(index, start).as_py()
             if position < 0:
@@ -190,10 +192,8 @@ class LeRobotV3Dataset:
         missing = [c for c in columns if c not in handle.schema_arrow.names]
         if missing:
             raise ValueError(f"{path}: episode {i} has no column(s) {missing}")
-        try:
+        with reading(path, CORRUPT):
             table = handle.read(columns=columns)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise ValueError(f"{path}: corrupt data file ({error})") from None
         table = table.slice(self.frame_offset(i), int(self.lengths[i]))
         if table.num_rows != self.lengths[i]:
             raise ValueError(
@@ -222,8 +222,8 @@ class LeRobotV3Dataset:
                 values = table.column(REWARD).to_numpy(zero_copy_only=False).astype(np.float32)
                 reward = None if np.isnan(values).all() else values
             self._lowdim[i] = {
-                "state": column_to_numpy(table.column(STATE), self.spec.state_dim, where),
-                "action": column_to_numpy(table.column(ACTION), self.spec.action_dim, where),
+                "state": column_to_numpy(table, STATE, self.spec.state_dim, where),
+                "action": column_to_numpy(table, ACTION, self.spec.action_dim, where),
                 "substeps": (
                     [s or "" for s in table.column(SUBSTEP).to_pylist()]
                     if SUBSTEP in extra
@@ -234,7 +234,7 @@ class LeRobotV3Dataset:
                 "env_state": (
                     None
                     if self.env_state_dim is None
-                    else column_to_numpy(table.column(ENV_STATE), self.env_state_dim, where)
+                    else column_to_numpy(table, ENV_STATE, self.env_state_dim, where)
                 ),
             }
         return self._lowdim[i]
@@ -254,10 +254,8 @@ class LeRobotV3Dataset:
         group = bisect.bisect_right(starts, row) - 1
 
         def load() -> pa.ChunkedArray:
-            try:
+            with reading(path, CORRUPT):
                 return handle.read_row_group(group, [key], use_threads=False).column(0)
-            except (pa.ArrowInvalid, OSError) as error:
-                raise ValueError(f"{path}: corrupt data file ({error})") from None
 
         column = self._groups.fetch((path, group, key), load)
         return self._decode(column[row - starts[group]].as_py(), i, t, cam)

@@ -10,6 +10,14 @@ import os
 from collections.abc import Sequence
 
 from dexvla.runtime.device import add_device_arguments
+from dexvla.serve.limits import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_OPEN_TIMEOUT_S,
+    DEFAULT_PING_INTERVAL_S,
+    DEFAULT_PING_TIMEOUT_S,
+    TRANSPORT_LIMIT_FACTOR,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +41,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-message-mb",
         type=float,
-        default=32.0,
-        help="largest observation message accepted, in MiB (default: 32)",
+        default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
+        help="largest observation message accepted, in MiB (default: %(default)g); larger ones "
+        f"get an error reply, and frames over {TRANSPORT_LIMIT_FACTOR}x it close the connection",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=DEFAULT_MAX_CONNECTIONS,
+        help="open websocket sessions allowed at once (default: %(default)s); a handshake past "
+        "it gets HTTP 503, and TCP connections past twice it are closed at once",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=DEFAULT_OPEN_TIMEOUT_S,
+        help="seconds a client has to finish the websocket handshake (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--ping-interval",
+        type=float,
+        default=DEFAULT_PING_INTERVAL_S,
+        help="seconds between keepalive pings to each client (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=DEFAULT_PING_TIMEOUT_S,
+        help="seconds a client has to answer a ping before it is dropped; a client stalled "
+        "half-way through a frame cannot answer (default: %(default)g)",
     )
     parser.add_argument(
         "--compile",
@@ -51,8 +86,11 @@ def run(args: argparse.Namespace) -> int:
     from dexvla.serve.server import PolicyServer
     from dexvla.serve.service import ChunkPolicyService
 
-    if args.max_message_mb <= 0:
-        raise ValueError(f"--max-message-mb must be positive, got {args.max_message_mb}")
+    flags = ("max_message_mb", "max_connections", "handshake_timeout", "ping_interval")
+    for flag in (*flags, "ping_timeout"):
+        value = getattr(args, flag)
+        if not value > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     device = resolve_device(args.device)
     policy = DexVLAPolicy.from_pretrained(
         args.checkpoint, dtype=resolve_dtype(args.dtype, device), device=device
@@ -69,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         api_key=args.api_key,
         max_message_bytes=int(args.max_message_mb * 2**20),
+        max_connections=args.max_connections,
+        open_timeout=args.handshake_timeout,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):

@@ -66,9 +66,11 @@ def _check_field(key: str, value: Any, spec: dict[str, Any]) -> tuple[Any, str |
         return None, f"{key!r}: expected {want}, got {_describe(value)}"
     if value.size == 0:
         return None, f"{key!r}: expected {want}, got an empty array"
-    if value.dtype.kind == "f" and not np.isfinite(value).all():
-        return None, f"{key!r}: expected finite values, got NaN or inf"
-    return np.array(value, dtype=dtype), None
+    with np.errstate(over="ignore"):  # checked after the cast: 1e300 is inf in float32
+        cast = np.array(value, dtype=dtype)
+    if cast.dtype.kind == "f" and not np.isfinite(cast).all():
+        return None, f"{key!r}: expected finite values (within {dtype}), got NaN or inf"
+    return cast, None
 
 
 def validate_observation(obs: Any, spec: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """convert-released-expert -> a stage-1 artefact -> stage 2: what is kept, re-initialised, fresh."""
 
+import dataclasses
 import json
 
 import pytest
@@ -117,3 +118,35 @@ def test_a_short_stage2_runs_from_the_converted_artefact(artefact, aloha_data, t
     assert policy.expert.config.layout == "released" and policy.config.chunk_size == 10
     saved = json.loads((final / "config.json").read_text())
     assert saved["expert"]["combine_dim"] == 1024
+
+
+def test_the_2b_preset_takes_a_converted_scaledp_h(tmp_path):
+    """A ScaleDP-H artefact (released layout, cond 1536 = Qwen2-VL-2B's width) makes the
+    dexvla-2b stage-2 policy's expert: the released H's 955,861,518 parameters (counted from
+    the authors' class), built on `meta`; aloha's 14-value state enters `combine` raw."""
+    from dexvla.io import atomic_write_json
+    from dexvla.policy.checkpoint import CONFIG_NAME, WEIGHTS_NAME
+    from dexvla.policy.configuration import count_expert_parameters, vlm_hidden
+    from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
+    from dexvla.train.stage1 import FRESH_HEADS_KEY, REINITIALISE_KEY, STAGE1_KIND
+    from dexvla.train.stages import stage_policy_config
+
+    h = ScaleDPConfig(depth=32, width=1280, heads=16, cond_dim=1536, chunk_size=50,
+                      state_embed_dim=14, layout="released")  # fmt: skip
+    artefact = tmp_path / "released-h"
+    artefact.mkdir()
+    atomic_write_json(
+        artefact / CONFIG_NAME,
+        {"kind": STAGE1_KIND, "expert": h.to_dict(), REINITIALISE_KEY: ["cond_obs_emb"],
+         FRESH_HEADS_KEY: True},
+    )  # fmt: skip
+    (artefact / WEIGHTS_NAME).write_bytes(b"")  # only the config is read here
+    policy = stage_policy_config(get_stage_preset("2b-stage2"), artefact)
+    expert = policy.expert
+    assert (expert.depth, expert.width, expert.heads, expert.layout) == (32, 1280, 16, "released")
+    assert expert.cond_dim == vlm_hidden(policy.vlm) == 1536
+    aloha_only = dataclasses.replace(expert, embodiments={"aloha": (14, 14)})
+    assert count_expert_parameters(aloha_only) == 955_861_518
+    with torch.device("meta"):
+        trunk = ScaleDP(expert)
+    assert trunk.cond_obs_emb.in_features == 1536 and "aloha" not in trunk.state_in

@@ -30,6 +30,15 @@ _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how Rust writers (safetens
 
 
 def _umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (setting it to read
+    it would briefly give other threads' new files mode 0666)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from dexvla.embodiments import get_embodiment
-from dexvla.io import atomic_write_json, read_json
+from dexvla.io import atomic_write_json, one_line, read_json
 
 if TYPE_CHECKING:
     from dexvla.schema import Episode
@@ -239,8 +239,7 @@ class DatasetStats:
         try:
             return cls.from_json(data)
         except (ValueError, KeyError, TypeError, AttributeError) as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            raise ValueError(f"{path}: {message}") from None
+            raise ValueError(f"{path}: {one_line(error)}") from None
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Flat `{"<embodiment>/<key>/<stat>": float32 tensor}`, e.g. for safetensors."""

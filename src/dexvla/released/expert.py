@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from dexvla.io import one_line
 from dexvla.policy.checkpoint import check_state_dict
 from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 
@@ -60,7 +61,7 @@ def read_released_file(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as error:
-            raise ValueError(f"cannot read {path} as safetensors: {error}") from None
+            raise ValueError(f"cannot read {path} as safetensors: {one_line(error)}") from None
     if path.suffix not in TORCH_SUFFIXES:
         raise ValueError(
             f"released expert {path}: expected a {'/'.join(TORCH_SUFFIXES)} or "
@@ -76,7 +77,7 @@ def read_released_file(path: str | Path) -> dict[str, torch.Tensor]:
             f"file, save its ['nets']['nets'] tensors as {SAFETENSORS_SUFFIX} and pass that"
         ) from None
     except Exception as error:
-        raise ValueError(f"cannot read {path} as a torch checkpoint: {error}") from None
+        raise ValueError(f"cannot read {path} as a torch checkpoint: {one_line(error)}") from None
     nets = raw.get("nets") if isinstance(raw, dict) else None
     state = nets.get("nets") if isinstance(nets, dict) else None
     if not isinstance(state, dict):

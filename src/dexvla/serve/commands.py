@@ -86,8 +86,13 @@ def run(args: argparse.Namespace) -> int:
     from dexvla.serve.server import PolicyServer
     from dexvla.serve.service import ChunkPolicyService
 
-    flags = ("max_message_mb", "max_connections", "handshake_timeout", "ping_interval")
-    for flag in (*flags, "ping_timeout"):
+    for flag in (
+        "max_message_mb",
+        "max_connections",
+        "handshake_timeout",
+        "ping_interval",
+        "ping_timeout",
+    ):
         value = getattr(args, flag)
         if not value > 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {value}")

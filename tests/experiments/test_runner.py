@@ -11,7 +11,7 @@ from dexvla.experiments.pipeline import StepFailed
 from dexvla.experiments.results import SCRIPTED, aggregate
 from dexvla.experiments.runner import SuiteRun
 from dexvla.experiments.sizes import BENCH_SIZES, DEMO_SIZES, RUN_SIZES
-from dexvla.experiments.suites import SUITES, Arm, get_suite
+from dexvla.experiments.suites import SUITES, Arm, Suite, get_suite
 
 
 @pytest.mark.parametrize("name", list(SUITES))
@@ -101,6 +101,17 @@ def test_cross_embodiment_pretrains_without_the_hand_and_builds_its_head(tmp_pat
     assert stage1.config.embodiments == ("aloha", "sawyer", "hand")
     assert fake.collects()[0].episodes == 10  # a fifth of 50 hand demonstrations
     assert all(train.config.embodiments == ("hand",) for train in fake.trains()[3:])
+
+
+def test_a_position_arm_pretrains_its_expert_on_positions_in_its_own_stage1(tmp_path, fake):
+    """ "predicted" / "oracle" reach stage 1 (its own run); "aux", a VLM head, does not."""
+    arms = tuple(Arm(f"arm {use}", env_state=use) for use in ("none", "aux", "predicted"))
+    suite = Suite("positions", "object positions", ("aloha-transfer-cube",), arms)
+    SuiteRun(suite, BENCH_SIZES["ci"], 1, tmp_path, fake).run()
+    stage1 = [train for train in fake.trains() if train.config.stage == 1]
+    assert [train.config.env_state for train in stage1] == ["none", "predicted"]  # none & aux share
+    later = [train.config.env_state for train in fake.trains() if train.config.stage != 1]
+    assert later == ["none", "none", "aux", "aux", "predicted", "predicted"]
 
 
 def test_the_two_cpu_sizes_are_distinct_entries_of_one_registry():

@@ -11,6 +11,7 @@ import torch
 
 from dexvla.cli import main
 from dexvla.data.lerobot_v3 import LeRobotV3Writer
+from dexvla.data.windows import collate_windows
 from dexvla.embodiments import get_embodiment
 from dexvla.policy.configuration import get_policy_preset
 from dexvla.policy.modeling import DexVLAPolicy
@@ -21,7 +22,14 @@ from dexvla.stats import DatasetStats
 from dexvla.train.freezing import apply_freezing, merge_lora, trainable_parameters
 from dexvla.train.metrics import read_metrics
 from dexvla.train.recipes import QWEN2_LM_LINEARS
-from dexvla.train.stage1 import STAGE1_KIND, load_stage1_expert, map_stage1_state, read_stage1
+from dexvla.train.stage1 import (
+    STAGE1_KIND,
+    Stage1Policy,
+    load_stage1_expert,
+    map_stage1_state,
+    read_stage1,
+)
+from dexvla.train.stage_data import load_stage_data
 from dexvla.train.stages import STAGE_PRESETS, StageConfig, get_stage_preset
 
 # 28 px cameras: one Qwen2-VL token each, so the tiny VLM costs little on the CPU.
@@ -360,6 +368,77 @@ def test_env_state_aux_trains_its_head_and_needs_recorded_positions(data, tmp_pa
                *FAST)  # fmt: skip
     assert rc != 0
     assert "env_state 'none' (init: 'aux')" in capsys.readouterr().err
+
+
+def test_stage1_with_object_positions_hands_its_embedding_to_stage2(data, tmp_path, capsys):
+    """Stage 1 adds the recorded positions to the expert's condition where the data has them
+    (ALOHA, not Sawyer); stage 2 "predicted" starts from that embedding, "none" drops it."""
+    s1 = tmp_path / "s1"
+    rc = train("--stage", "1", "--preset", "tiny-stage1", "--data",
+               f"{data['objects']},{data['sawyer']}", "--out", str(s1), "--steps", "30",
+               "--log-every", "5", "--env-state", "predicted", *FAST)  # fmt: skip
+    assert rc == 0
+    assert_loss_falls(s1)
+    _, state = read_stage1(s1 / "final")
+    assert state["env_embed.weight"].shape == (get_policy_preset("tiny").expert.cond_dim, 3)
+
+    s2 = tmp_path / "s2"
+    rc = train("--stage", "2", "--preset", "tiny-stage2", "--data", str(data["objects"]),
+               "--init", str(s1 / "final"), "--out", str(s2), "--steps", "1",
+               "--env-state", "predicted", *FAST)  # fmt: skip
+    assert rc == 0
+    config = get_stage_preset("tiny-stage2").replace(
+        image_size=(28, 28), env_state="predicted", embodiments=("aloha",)
+    )
+    policy = DexVLAPolicy(config.policy_config(3))
+    dropped = load_stage1_expert(policy, s1 / "final")
+    assert {k.split(".")[0] for k in dropped} == {"stage1_proj", "expert"}  # and sawyer's heads
+    torch.testing.assert_close(policy.env_embed.weight, state["env_embed.weight"])
+    plain = DexVLAPolicy(config.replace(env_state="none").policy_config())
+    assert "env_embed.weight" in load_stage1_expert(plain, s1 / "final")
+    # The expert keeps the target it was trained on (epsilon here).
+    rc = train("--stage", "2", "--preset", "tiny-stage2", "--data", str(data["objects"]),
+               "--init", str(s1 / "final"), "--out", str(tmp_path / "x0"), "--steps", "1",
+               "--prediction-type", "sample", *FAST)  # fmt: skip
+    assert rc != 0
+    assert "cannot continue as a 'sample' predictor" in capsys.readouterr().err
+
+    # Positions recorded by no stage-1 dataset, and a head stage 1 cannot train, are refused.
+    rc = train("--stage", "1", "--preset", "tiny-stage1", "--data", str(data["sawyer"]),
+               "--out", str(tmp_path / "bad"), "--steps", "1", "--env-state", "oracle",
+               *FAST)  # fmt: skip
+    assert rc != 0
+    assert "needs one dataset to record observation.environment_state" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stage 1 takes one of"):
+        get_stage_preset("tiny-stage1").replace(env_state="aux")
+
+
+def test_stage1_loss_averages_its_noise_draws(data):
+    """`noise_samples` K: stage 1's expert sees the batch K times, each with its own noise."""
+    config = get_stage_preset("tiny-stage1").replace(image_size=(28, 28), noise_samples=3)
+    stage = load_stage_data([data["aloha"]], config, config.policy_config())
+    model = Stage1Policy(config.policy_config())
+    batch = collate_windows([stage.dataset[i] for i in range(4)])
+    seen = []
+    model.expert.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
+    model(batch)
+    assert seen == [12]
+
+
+def test_prediction_type_is_a_stage_option_kept_by_continued_stages(data, tmp_path, capsys):
+    out = tmp_path / "sample"
+    rc = train("--stage", "2", "--preset", "tiny-stage2", "--data", str(data["aloha"]),
+               "--out", str(out), "--steps", "20", "--log-every", "5",
+               "--prediction-type", "sample", *FAST)  # fmt: skip
+    assert rc == 0
+    assert_loss_falls(out)
+    policy = DexVLAPolicy.from_pretrained(out / "final")
+    assert policy.config.diffusion.prediction_type == "sample"
+    rc = train("--stage", "3", "--preset", "tiny-stage3", "--data", str(data["aloha"]),
+               "--init", str(out / "final"), "--out", str(tmp_path / "s3"), "--steps", "1",
+               "--prediction-type", "epsilon", *FAST)  # fmt: skip
+    assert rc != 0
+    assert "prediction type 'epsilon' (init: 'sample')" in capsys.readouterr().err
 
 
 def test_resume_continues_from_the_last_checkpoint(data, tmp_path):

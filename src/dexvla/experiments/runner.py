@@ -49,6 +49,7 @@ from dexvla.experiments.results import (
 from dexvla.experiments.sizes import RunSize
 from dexvla.experiments.suites import Arm, Suite
 from dexvla.io import atomic_write_json, atomic_write_text
+from dexvla.policy.configuration import POSITION_CONDITIONS
 from dexvla.train.stages import StageConfig
 
 EVAL_VIDEOS = 2  # mp4s per evaluation, as `dexvla eval` records by default
@@ -119,7 +120,11 @@ class SuiteRun:
 
     def stage1(self, arm: Arm, data: list[Collect], seed: int) -> Train:
         size = self.size
-        overrides = {"embodiments": arm.stage1_embodiments} if arm.stage1_embodiments else {}
+        overrides: dict[str, Any] = {}
+        if arm.stage1_embodiments:
+            overrides["embodiments"] = arm.stage1_embodiments
+        if arm.env_state in POSITION_CONDITIONS:  # the expert learns from positions already
+            overrides["env_state"] = arm.env_state
         config = self.recipe(arm, 1, seed, overrides)
         recipe = {
             "policy": arm.policy_for(size),

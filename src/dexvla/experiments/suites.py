@@ -28,7 +28,9 @@ class Arm:
     pretrain_tasks: tuple[str, ...] | None = None  # stage 1: None = target task + size's tasks
     stage1_embodiments: tuple[str, ...] | None = None  # stage-1 expert heads (None: preset's)
     task_heads: bool = True  # stages 2-3: the task's expert head only (False: the preset's)
-    env_state: str = "none"  # stages 2-3: PolicyConfig.env_state ("aux", "oracle"; simulation)
+    # PolicyConfig.env_state of stages 2-3 (simulation only); "oracle" and "predicted" also
+    # add the recorded positions to stage 1's condition, where its data records them.
+    env_state: str = "none"
 
     def __post_init__(self) -> None:
         if not self.stages or set(self.stages) - {1, 2, 3} or 2 not in self.stages:

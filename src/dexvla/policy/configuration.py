@@ -25,6 +25,8 @@ from dexvla.schema import check_known_fields
 
 EnvStateUse = Literal["none", "aux", "oracle", "predicted"]
 ENV_STATE_USES: tuple[str, ...] = ("none", "aux", "oracle", "predicted")
+# The uses whose expert condition takes object positions (an `env_embed` layer).
+POSITION_CONDITIONS: tuple[str, ...] = ("oracle", "predicted")
 
 
 @dataclass(frozen=True)

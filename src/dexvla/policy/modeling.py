@@ -41,7 +41,7 @@ from dexvla.policy.checkpoint import (
     read_policy_checkpoint,
     write_policy_checkpoint,
 )
-from dexvla.policy.configuration import PolicyConfig
+from dexvla.policy.configuration import POSITION_CONDITIONS, PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
 from dexvla.policy.fusion import ReasoningFusion
 from dexvla.policy.inference import (
@@ -81,6 +81,15 @@ from dexvla.schema import (
 # Object positions in metres are scaled to decimetres, so the cube's 0.2 m range spans about
 # 2 units, the scale of the other normalised inputs and targets.
 ENV_STATE_SCALE = 10.0
+
+
+def object_positions(
+    batch: dict[str, Any], config: PolicyConfig, device: torch.device
+) -> torch.Tensor:
+    """The batch's recorded object positions (B, E), fp32, scaled by ENV_STATE_SCALE, for a
+    policy whose `env_state` uses them (a clear error when the batch lacks them)."""
+    need = f"policy {config.name!r} (env_state={config.env_state!r})"
+    return batch_env_state(batch, config.env_state_dim, device, need) * ENV_STATE_SCALE
 
 
 @dataclass
@@ -124,7 +133,7 @@ class DexVLAPolicy(nn.Module):
         use = config.env_state
         self.env_head = nn.Linear(vlm_dim, dim) if use in ("aux", "predicted") else None
         self.env_embed = (
-            nn.Linear(dim, config.expert.cond_dim) if use in ("oracle", "predicted") else None
+            nn.Linear(dim, config.expert.cond_dim) if use in POSITION_CONDITIONS else None
         )
         self.diffusion = ActionDiffusion(config.diffusion)
         self.prompts = PromptBuilder(self.tokenizer, config.vlm.system_prompt)
@@ -288,9 +297,7 @@ class DexVLAPolicy(nn.Module):
 
     def env_state(self, batch: dict[str, Any]) -> torch.Tensor:
         """The batch's object positions (B, E), fp32, scaled by ENV_STATE_SCALE."""
-        config = self.config
-        need = f"policy {config.name!r} (env_state={config.env_state!r})"
-        return batch_env_state(batch, config.env_state_dim, self.device, need) * ENV_STATE_SCALE
+        return object_positions(batch, self.config, self.device)
 
     # ---------------------------------------------------------------------------- inference
     @torch.inference_mode()

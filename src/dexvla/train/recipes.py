@@ -24,11 +24,13 @@ from dexvla.embodiments import get_embodiment
 from dexvla.policy.configuration import (
     ENV_STATE_USES,
     POLICY_PRESETS,
+    POSITION_CONDITIONS,
     EnvStateUse,
     PolicyConfig,
     expert_heads,
     get_policy_preset,
 )
+from dexvla.policy.diffusion import PREDICTION_TYPES
 from dexvla.schema import check_known_fields
 from dexvla.train.config import (
     TrainConfig,
@@ -152,10 +154,20 @@ class StageConfig:
         metadata=flag(
             choices=ENV_STATE_USES,
             help="simulation only: 'aux' predicts the recorded object positions from the pooled "
-            "prompt (a training-time loss), 'oracle' feeds them to the expert (a diagnostic)",
+            "prompt (a training-time loss), 'oracle' feeds them to the expert (a diagnostic), "
+            "'predicted' feeds the recorded ones in training and the VLM's prediction at "
+            "inference; in stage 1 'oracle'/'predicted' add them to the expert's condition",
         ),
     )
     env_state_loss_weight: float = field(default=1.0, metadata=flag(type=float))
+    prediction_type: str | None = field(
+        default=None,
+        metadata=flag(
+            choices=PREDICTION_TYPES,
+            help="what the expert predicts from a noised chunk (default: the preset's, "
+            "'epsilon' as the paper); 'sample' predicts the clean chunk itself",
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("embodiments", "image_size", "data_weights", "lora_targets"):
@@ -194,6 +206,11 @@ class StageConfig:
             errors.append(f"vlm_path {self.vlm_path} is not a directory")
         if self.llm_loss_weight < 0:
             errors.append(f"llm_loss_weight must be >= 0, got {self.llm_loss_weight}")
+        if self.stage == 1 and self.env_state not in ("none", *POSITION_CONDITIONS):
+            errors.append(
+                f"env_state {self.env_state!r} trains a head on the VLM, which stage 1 does not "
+                f"run; stage 1 takes one of {('none', *POSITION_CONDITIONS)}"
+            )
         for name in self.embodiments or ():
             try:
                 get_embodiment(name)
@@ -223,9 +240,13 @@ class StageConfig:
         if self.embodiments is not None:
             expert = dataclasses.replace(expert, embodiments=expert_heads(self.embodiments))
         env_dim = env_state_dim if self.env_state != "none" else 0
+        diffusion = config.diffusion
+        if self.prediction_type is not None:
+            diffusion = dataclasses.replace(diffusion, prediction_type=self.prediction_type)
         return config.replace(
             vlm=vlm,
             expert=expert,
+            diffusion=diffusion,
             env_state=self.env_state,
             env_state_dim=env_dim,
             **self.loss_options(),

@@ -39,13 +39,21 @@ from dexvla.policy.checkpoint import (
     check_state_dict,
     read_checkpoint_config,
 )
-from dexvla.policy.configuration import PolicyConfig
+from dexvla.policy.configuration import POSITION_CONDITIONS, PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
-from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.modeling import DexVLAPolicy, object_positions
 from dexvla.policy.processor import resize_images
 from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 from dexvla.policy.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean
-from dexvla.schema import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, TASK, image_key
+from dexvla.schema import (
+    ACTION,
+    ACTION_IS_PAD,
+    EMBODIMENT,
+    ENV_STATE,
+    STATE,
+    TASK,
+    image_key,
+)
 from dexvla.stats import DatasetStats
 
 log = logging.getLogger(__name__)
@@ -53,6 +61,8 @@ log = logging.getLogger(__name__)
 STAGE1_KIND = "dexvla-stage1"
 EXPERT_PREFIX = "expert."
 PROJ_PREFIX = "stage1_proj."
+# The object-position embedding of a stage 1 whose condition takes positions; stage 2 keeps it.
+ENV_PREFIX = "env_embed."
 # Random-weight backbones (the tiny preset) are built under this seed, so every stage-1 run of
 # a preset sees the same frozen encoders.
 ENCODER_SEED = 0
@@ -131,10 +141,23 @@ class Stage1Policy(nn.Module):
             nn.Linear(cond, cond),
         )
         self.expert = ScaleDP(config.expert)
+        positions = config.env_state in POSITION_CONDITIONS
+        self.env_embed = nn.Linear(config.env_state_dim, cond) if positions else None
         self.diffusion = ActionDiffusion(config.diffusion)
 
+    def condition(self, batch: dict[str, Any], embodiment: str) -> torch.Tensor:
+        """(B, cond_dim): the projected frozen features, plus the embedded object positions
+        where the policy takes them and the batch records them (simulated ALOHA)."""
+        dtype = self.expert.pos_embed.dtype
+        device = self.expert.pos_embed.device
+        cond = self.stage1_proj(self.encoder(batch, embodiment).to(device, dtype))
+        if self.env_embed is not None and ENV_STATE in batch:
+            cond = cond + self.env_embed(object_positions(batch, self.config, device).to(dtype))
+        return cond
+
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Noise-prediction loss on a one-embodiment batch (the windows' layout)."""
+        """Noise-prediction loss on a one-embodiment batch (the windows' layout), averaged
+        over the policy's `noise_samples` draws per observation (the encoders run once)."""
         names = set(batch[EMBODIMENT])
         if len(names) != 1:
             raise ValueError(f"a batch must hold one embodiment, got {sorted(names)}")
@@ -146,12 +169,13 @@ class Stage1Policy(nn.Module):
             )
         dtype = self.expert.pos_embed.dtype
         device = self.expert.pos_embed.device
-        cond = self.stage1_proj(self.encoder(batch, embodiment).to(device, dtype))
-        state = batch[STATE].to(device, dtype)
+        k = self.config.noise_samples
+        cond = self.condition(batch, embodiment).repeat(k, 1)  # (K*B, C)
+        state = batch[STATE].to(device, dtype).repeat(k, 1)
         loss = self.diffusion.loss(
             self.expert.denoiser(cond, state, embodiment),
-            batch[ACTION].to(device, torch.float32),
-            batch[ACTION_IS_PAD].to(device),
+            batch[ACTION].to(device, torch.float32).repeat(k, 1, 1),
+            batch[ACTION_IS_PAD].to(device).repeat(k, 1),
         )
         value = float(loss.detach())
         return loss, {"loss": value, "action_loss": value}
@@ -164,11 +188,12 @@ class Stage1Policy(nn.Module):
         return list(self.expert.blocks)
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """The weights a stage-1 artefact holds: `expert.*` and `stage1_proj.*`."""
+        """The weights a stage-1 artefact holds: `expert.*`, `stage1_proj.*` and, where the
+        condition takes object positions, `env_embed.*`."""
         return {
             k: v.detach().cpu().contiguous()
             for k, v in self.state_dict().items()
-            if k.startswith((EXPERT_PREFIX, PROJ_PREFIX))
+            if k.startswith((EXPERT_PREFIX, PROJ_PREFIX, ENV_PREFIX))
         }
 
     def save_final(self, directory: Path, stats: DatasetStats, stage: dict[str, Any]) -> Path:
@@ -291,11 +316,30 @@ def fresh_modules(config: dict[str, Any], directory: Path, expert: ScaleDP) -> l
 
 
 def load_stage1_expert(policy: DexVLAPolicy, directory: Path) -> list[str]:
-    """Load a stage-1 artefact's expert into `policy.expert` strictly; return dropped keys."""
+    """Load a stage-1 artefact's expert into `policy.expert` strictly; return dropped keys.
+
+    An artefact whose condition took object positions also holds `env_embed.*`: it goes into
+    the policy's own `env_embed` when the policy takes positions, and is dropped otherwise.
+    """
     config, state = read_stage1(directory)
+    env = {k.removeprefix(ENV_PREFIX): v for k, v in state.items() if k.startswith(ENV_PREFIX)}
+    state = {k: v for k, v in state.items() if not k.startswith(ENV_PREFIX)}
     fresh = fresh_modules(config, Path(directory), policy.expert)
     mapped, dropped = map_stage1_state(state, policy.expert, fresh)
     policy.expert.load_state_dict(mapped, strict=True, assign=True)  # the read tensors, no copy
+    if env and policy.env_embed is not None:
+        own = policy.env_embed.state_dict()
+        check_state_dict(
+            "stage-1 object-position embedding for this policy",
+            env,
+            own,
+            [ENV_PREFIX + k for k in set(own) - set(env)],
+            [ENV_PREFIX + k for k in set(env) - set(own)],
+            prefix=ENV_PREFIX,
+        )
+        policy.env_embed.load_state_dict(env, strict=True, assign=True)
+    else:
+        dropped += [ENV_PREFIX + k for k in env]
     log.info(
         "stage-1 expert loaded from %s; dropped by name: %s; initialised fresh: %s",
         directory, dropped, fresh,

@@ -20,7 +20,7 @@ from dexvla.data.sampler import EmbodimentBatchSampler
 from dexvla.data.sources import open_dataset
 from dexvla.data.windows import ChunkWindows, MixtureDataset
 from dexvla.embodiments import get_embodiment
-from dexvla.policy.configuration import PolicyConfig
+from dexvla.policy.configuration import POSITION_CONDITIONS, PolicyConfig
 from dexvla.stats import DatasetStats, Normalizer
 from dexvla.train.config import TrainConfig
 from dexvla.train.distributed import DistInfo, ShardedBatches
@@ -75,6 +75,34 @@ def check_substeps(paths: Sequence[Path], sources: Sequence[Any], stage: int) ->
         )
 
 
+def env_state_sources(
+    paths: Sequence[Path], sources: Sequence[Any], config: StageConfig, policy: PolicyConfig
+) -> list[bool]:
+    """Which datasets' samples carry the recorded object positions.
+
+    Stages 2-3 with `env_state` need them in every dataset. Stage 1 has no VLM, so only an
+    expert whose condition takes positions ("oracle", "predicted") uses them, from the
+    datasets that record them (simulated ALOHA); the other embodiments' batches go without,
+    and at least one dataset must record them. Every dataset used must record one width.
+    """
+    use = policy.env_state
+    if config.recipe.builds == "expert":
+        used = [use in POSITION_CONDITIONS and s.env_state_dim is not None for s in sources]
+        missing = use in POSITION_CONDITIONS and not any(used)
+    else:
+        used = [use != "none"] * len(sources)
+        missing = use != "none" and any(s.env_state_dim is None for s in sources)
+    widths = {str(p): s.env_state_dim for p, s, u in zip(paths, sources, used, strict=True) if u}
+    if missing or len(set(widths.values())) > 1:
+        every = "one dataset" if config.recipe.builds == "expert" else "every dataset"
+        recorded = {str(p): s.env_state_dim for p, s in zip(paths, sources, strict=True)}
+        raise ValueError(
+            f"env_state={use!r} needs {every} to record observation.environment_state, "
+            f"with one width; got {recorded}"
+        )
+    return used
+
+
 def load_stage_data(
     paths: Sequence[str | Path],
     config: StageConfig,
@@ -111,14 +139,7 @@ def load_stage_data(
     if base_stats is not None:
         stats = stats.with_fallback(base_stats)
     normalizer = Normalizer(stats)
-    uses_env = policy.env_state != "none" and config.recipe.builds != "expert"  # not stage 1
-    env_dims = {source.env_state_dim for source in sources} if uses_env else set()
-    if None in env_dims or len(env_dims) > 1:
-        widths = {str(p): s.env_state_dim for p, s in zip(paths, sources, strict=True)}
-        raise ValueError(
-            f"env_state={policy.env_state!r} needs every dataset to record "
-            f"observation.environment_state with one width; got {widths}"
-        )
+    positions = env_state_sources(paths, sources, config, policy)
     windows = [
         ChunkWindows(
             source,
@@ -127,9 +148,9 @@ def load_stage_data(
             pad=config.pad,
             cameras=get_embodiment(source.embodiment).cameras,
             image_size=policy.vlm.image_size,
-            env_state=bool(env_dims),
+            env_state=with_positions,
         )
-        for source in sources
+        for source, with_positions in zip(sources, positions, strict=True)
     ]
     embodiments = tuple(dict.fromkeys(source.embodiment for source in sources))
     if len(windows) == 1:
@@ -137,4 +158,5 @@ def load_stage_data(
     else:
         weights = config.data_weights or tuple(float(len(w)) for w in windows)
         dataset = MixtureDataset(windows, weights)
-    return StageData(dataset, stats, embodiments, paths, env_dims.pop() if env_dims else 0)
+    width = next((s.env_state_dim for s, used in zip(sources, positions, strict=True) if used), 0)
+    return StageData(dataset, stats, embodiments, paths, width)

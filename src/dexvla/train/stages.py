@@ -22,6 +22,7 @@ from dexvla.data.windows import collate_windows
 from dexvla.io import atomic_write_json, read_json
 from dexvla.policy.checkpoint import STATS_NAME, PolicyCheckpoint, read_policy_checkpoint
 from dexvla.policy.configuration import PolicyConfig
+from dexvla.policy.diffusion import DiffusionConfig
 from dexvla.policy.modeling import DexVLAPolicy
 from dexvla.policy.processor import DexVLAProcessor
 from dexvla.policy.vlm import Qwen2VL, load_tokenizer
@@ -75,12 +76,25 @@ def stage_policy_config(
     policy = config.policy_config(env_state_dim)
     if config.recipe.init != "expert" or init is None:
         return policy
-    expert = stage1_expert_config(read_stage1_config(init), init)
+    artefact = read_stage1_config(init)
+    expert = stage1_expert_config(artefact, init)
     expert = dataclasses.replace(expert, embodiments=policy.expert.embodiments)
     steps = min(policy.n_action_steps, expert.chunk_size)
     if steps != policy.n_action_steps:
         log.warning("--init %s predicts chunks of %d actions: executing %d", init, steps, steps)
-    return policy.replace(expert=expert, n_action_steps=steps)
+    diffusion = policy.diffusion
+    recorded = artefact.get("policy", {}).get("diffusion")
+    if recorded is not None:  # the expert keeps the target it was trained to predict
+        diffusion = dataclasses.replace(
+            diffusion, prediction_type=DiffusionConfig.from_dict(recorded).prediction_type
+        )
+        asked = config.prediction_type
+        if asked is not None and asked != diffusion.prediction_type:
+            raise ValueError(
+                f"--init {init} predicts {diffusion.prediction_type!r}: its expert cannot "
+                f"continue as a {asked!r} predictor (drop --prediction-type)"
+            )
+    return policy.replace(expert=expert, n_action_steps=steps, diffusion=diffusion)
 
 
 def check_continued_overrides(config: StageConfig, policy: PolicyConfig, init: Path) -> None:
@@ -92,6 +106,9 @@ def check_continued_overrides(config: StageConfig, policy: PolicyConfig, init: P
         problems.append(f"expert heads {list(config.embodiments)} (init: {policy.embodiments})")
     if config.env_state != policy.env_state:
         problems.append(f"env_state {config.env_state!r} (init: {policy.env_state!r})")
+    kind = policy.diffusion.prediction_type
+    if config.prediction_type is not None and config.prediction_type != kind:
+        problems.append(f"prediction type {config.prediction_type!r} (init: {kind!r})")
     if problems:
         raise ValueError(
             f"stage {config.stage} continues {init} as it is and cannot change its "
@@ -133,7 +150,7 @@ def build_model(
     `weights=False` skips reading `--init`'s weights (they are about to be replaced)."""
     recipe = config.recipe
     if recipe.builds == "expert":
-        return Stage1Policy(config.policy_config()), None
+        return Stage1Policy(config.policy_config(data.env_state_dim)), None
     if recipe.init == "policy":
         policy = continued_policy(config, data, init, weights)
     else:

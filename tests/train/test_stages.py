@@ -425,20 +425,25 @@ def test_stage1_loss_averages_its_noise_draws(data):
     assert seen == [12]
 
 
-def test_prediction_type_is_a_stage_option_kept_by_continued_stages(data, tmp_path, capsys):
+def test_prediction_type_and_chunk_size_are_stage_options_kept_by_continued_stages(
+    data, tmp_path, capsys
+):
     out = tmp_path / "sample"
     rc = train("--stage", "2", "--preset", "tiny-stage2", "--data", str(data["aloha"]),
                "--out", str(out), "--steps", "20", "--log-every", "5",
-               "--prediction-type", "sample", *FAST)  # fmt: skip
+               "--prediction-type", "sample", "--chunk-size", "20", *FAST)  # fmt: skip
     assert rc == 0
     assert_loss_falls(out)
     policy = DexVLAPolicy.from_pretrained(out / "final")
     assert policy.config.diffusion.prediction_type == "sample"
+    assert policy.config.chunk_size == 20 and policy.expert.pos_embed.shape[1] == 20
     rc = train("--stage", "3", "--preset", "tiny-stage3", "--data", str(data["aloha"]),
                "--init", str(out / "final"), "--out", str(tmp_path / "s3"), "--steps", "1",
-               "--prediction-type", "epsilon", *FAST)  # fmt: skip
+               "--prediction-type", "epsilon", "--chunk-size", "50", *FAST)  # fmt: skip
     assert rc != 0
-    assert "prediction type 'epsilon' (init: 'sample')" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "prediction type 'epsilon' (init: 'sample')" in err
+    assert "chunk size 50 (init: 20)" in err
 
 
 def test_resume_continues_from_the_last_checkpoint(data, tmp_path):

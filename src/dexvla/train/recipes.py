@@ -160,6 +160,14 @@ class StageConfig:
         ),
     )
     env_state_loss_weight: float = field(default=1.0, metadata=flag(type=float))
+    chunk_size: int | None = field(
+        default=None,
+        metadata=flag(
+            type=int,
+            help="actions per predicted chunk (default: the preset's, 50 as the paper; at "
+            "least the 16 executed per chunk)",
+        ),
+    )
     prediction_type: str | None = field(
         default=None,
         metadata=flag(
@@ -239,6 +247,8 @@ class StageConfig:
             vlm = dataclasses.replace(vlm, pretrained=self.vlm_path)
         if self.embodiments is not None:
             expert = dataclasses.replace(expert, embodiments=expert_heads(self.embodiments))
+        if self.chunk_size is not None:
+            expert = dataclasses.replace(expert, chunk_size=self.chunk_size)
         env_dim = env_state_dim if self.env_state != "none" else 0
         diffusion = config.diffusion
         if self.prediction_type is not None:

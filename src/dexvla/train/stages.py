@@ -78,6 +78,11 @@ def stage_policy_config(
         return policy
     artefact = read_stage1_config(init)
     expert = stage1_expert_config(artefact, init)
+    if config.chunk_size is not None and config.chunk_size != expert.chunk_size:
+        raise ValueError(
+            f"--init {init} predicts chunks of {expert.chunk_size} actions: its expert cannot "
+            f"continue with chunks of {config.chunk_size} (drop --chunk-size)"
+        )
     expert = dataclasses.replace(expert, embodiments=policy.expert.embodiments)
     steps = min(policy.n_action_steps, expert.chunk_size)
     if steps != policy.n_action_steps:
@@ -106,6 +111,8 @@ def check_continued_overrides(config: StageConfig, policy: PolicyConfig, init: P
         problems.append(f"expert heads {list(config.embodiments)} (init: {policy.embodiments})")
     if config.env_state != policy.env_state:
         problems.append(f"env_state {config.env_state!r} (init: {policy.env_state!r})")
+    if config.chunk_size is not None and config.chunk_size != policy.chunk_size:
+        problems.append(f"chunk size {config.chunk_size} (init: {policy.chunk_size})")
     kind = policy.diffusion.prediction_type
     if config.prediction_type is not None and config.prediction_type != kind:
         problems.append(f"prediction type {config.prediction_type!r} (init: {kind!r})")

@@ -39,9 +39,13 @@ def test_demo_with_the_tiny_preset_plans_the_tiny_recipes(tmp_path):
     assert [train.config.name for train in trains] == [f"tiny-stage{n}" for n in (1, 2, 3)]
     assert all(not t.config.freeze_vision and t.config.train.precision == "no" for t in trains)
     assert trains[1].init == trains[0].final and trains[2].init == trains[1].final
+    # The recipe chosen on validation episodes: predicted positions, clean-chunk targets.
+    assert all(t.config.env_state == "predicted" for t in trains)
+    assert all(t.config.prediction_type == "sample" for t in trains)
+    assert all(t.config.noise_samples == 2 for t in trains)
     collects = [step for step in plan if isinstance(step, Collect)]
     assert [(c.task, c.episodes, c.image_size) for c in collects] == [
-        ("aloha-transfer-cube", 40, 84),
+        ("aloha-transfer-cube", 50, 84),
         ("sawyer-reach", 10, 84),
         ("sawyer-pick-place", 10, 84),
     ]

@@ -159,9 +159,11 @@ DEMO = Suite(
     name="demo",
     description="the whole system end to end: the three stages on ALOHA transfer cube",
     tasks=("aloha-transfer-cube",),
-    arms=(Arm("DexVLA", task_heads=False),),
+    arms=(Arm("DexVLA", task_heads=False, env_state="predicted"),),
 )
-"""`dexvla demo`: one DexVLA arm (with the preset's expert heads) and the scripted expert."""
+"""`dexvla demo`: one DexVLA arm (with the preset's expert heads) and the scripted expert. The
+arm conditions the expert on the object position its VLM predicts (trained on the simulator's
+recorded one): without it the tiny policy ignores its cameras (docs/evaluation.md)."""
 
 
 def get_suite(name: str) -> Suite:

@@ -20,7 +20,8 @@ import torch
 
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset
 from dexvla.embodiments import get_embodiment
-from dexvla.policy.modeling import ENV_STATE_SCALE, DexVLAPolicy
+from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.processor import ENV_STATE_SCALE
 from dexvla.schema import TASK, image_key
 
 

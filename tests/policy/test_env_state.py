@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from dexvla.policy.configuration import PolicyConfig
-from dexvla.policy.modeling import ENV_STATE_SCALE, DexVLAPolicy
+from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.processor import ENV_STATE_SCALE
 from dexvla.schema import ENV_STATE, SUBSTEP, TASK
 from tests.policy.conftest import make_batch, make_observation, make_policy, tiny_config
 

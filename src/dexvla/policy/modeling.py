@@ -51,7 +51,7 @@ from dexvla.policy.inference import (
     run_prompt,
     sample_actions,
 )
-from dexvla.policy.processor import DexVLAProcessor, batch_env_state
+from dexvla.policy.processor import DexVLAProcessor, object_positions
 from dexvla.policy.scaledp import ScaleDP
 from dexvla.policy.vision_tower import batch_vision_tower
 from dexvla.policy.vlm import (
@@ -77,19 +77,6 @@ from dexvla.schema import (
     Reasoning,
     image_key,
 )
-
-# Object positions in metres are scaled to decimetres, so the cube's 0.2 m range spans about
-# 2 units, the scale of the other normalised inputs and targets.
-ENV_STATE_SCALE = 10.0
-
-
-def object_positions(
-    batch: dict[str, Any], config: PolicyConfig, device: torch.device
-) -> torch.Tensor:
-    """The batch's recorded object positions (B, E), fp32, scaled by ENV_STATE_SCALE, for a
-    policy whose `env_state` uses them (a clear error when the batch lacks them)."""
-    need = f"policy {config.name!r} (env_state={config.env_state!r})"
-    return batch_env_state(batch, config.env_state_dim, device, need) * ENV_STATE_SCALE
 
 
 @dataclass

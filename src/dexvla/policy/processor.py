@@ -8,7 +8,7 @@ resize used by training and inference alike, so the VLM sees the same token coun
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from dexvla.schema import (
     image_key,
 )
 from dexvla.stats import DatasetStats, Normalizer
+
+if TYPE_CHECKING:
+    from dexvla.policy.configuration import PolicyConfig
 
 
 class DexVLAProcessor:
@@ -163,16 +166,23 @@ class DexVLAProcessor:
         return np.asarray(normalizer.unnormalize(ACTION, actions, embodiment), dtype=np.float32)
 
 
-def batch_env_state(
-    batch: dict[str, Any], dim: int, device: torch.device, needed_by: str
+# Object positions in metres are scaled to decimetres, so the cube's 0.2 m range spans about
+# 2 units, the scale of the other normalised inputs and targets.
+ENV_STATE_SCALE = 10.0
+
+
+def object_positions(
+    batch: dict[str, Any], config: PolicyConfig, device: torch.device
 ) -> torch.Tensor:
-    """The batch's object positions (B, dim), fp32 on `device`; errors name the key."""
+    """The batch's recorded object positions (B, E), fp32 on `device`, scaled by
+    ENV_STATE_SCALE, for a policy whose `env_state` uses them; errors name the key."""
     if ENV_STATE not in batch:
         raise ValueError(
-            f"{needed_by} needs {ENV_STATE!r} in every batch and observation (the object "
-            "positions a simulator records)"
+            f"policy {config.name!r} (env_state={config.env_state!r}) needs {ENV_STATE!r} in "
+            "every batch and observation (the object positions a simulator records)"
         )
     env = torch.as_tensor(batch[ENV_STATE]).to(device, torch.float32)
+    dim = config.env_state_dim
     if env.ndim != 2 or env.shape[1] != dim:
         raise ValueError(f"{ENV_STATE!r}: expected (B, {dim}), got {tuple(env.shape)}")
-    return env
+    return env * ENV_STATE_SCALE

@@ -97,8 +97,10 @@ class StageConfig:
     `noise_samples` go into the policy config. `vlm_path` replaces the VLM preset's
     `pretrained` hub id with a local directory (a stage-3 run takes its VLM from `--init`).
     `env_state` and `env_state_loss_weight` set `PolicyConfig`'s simulation-only aids; the
-    object-position width comes from the data (`policy_config(env_state_dim)`). Stage 1
-    ignores the VLM options but `vlm_path`: it never runs the VLM, only its encoders.
+    object-position width comes from the data (`policy_config(env_state_dim)`).
+    `chunk_size` and `prediction_type` replace the preset's actions per chunk and diffusion
+    target (None keeps them). Stage 1 ignores the VLM options but `vlm_path`: it never runs
+    the VLM, only its encoders.
     """
 
     name: str

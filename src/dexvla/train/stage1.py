@@ -41,8 +41,8 @@ from dexvla.policy.checkpoint import (
 )
 from dexvla.policy.configuration import POSITION_CONDITIONS, PolicyConfig
 from dexvla.policy.diffusion import ActionDiffusion
-from dexvla.policy.modeling import DexVLAPolicy, object_positions
-from dexvla.policy.processor import resize_images
+from dexvla.policy.modeling import DexVLAPolicy
+from dexvla.policy.processor import object_positions, resize_images
 from dexvla.policy.scaledp import ScaleDP, ScaleDPConfig
 from dexvla.policy.vlm import ImageEncoder, VLMConfig, build_vlm, load_tokenizer, masked_mean
 from dexvla.schema import (
@@ -156,8 +156,8 @@ class Stage1Policy(nn.Module):
         return cond
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Noise-prediction loss on a one-embodiment batch (the windows' layout), averaged
-        over the policy's `noise_samples` draws per observation (the encoders run once)."""
+        """Diffusion loss on a one-embodiment batch (the windows' layout), averaged over the
+        policy's `noise_samples` draws per observation (the encoders run once)."""
         names = set(batch[EMBODIMENT])
         if len(names) != 1:
             raise ValueError(f"a batch must hold one embodiment, got {sorted(names)}")

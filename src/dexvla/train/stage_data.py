@@ -77,8 +77,8 @@ def check_substeps(paths: Sequence[Path], sources: Sequence[Any], stage: int) ->
 
 def env_state_sources(
     paths: Sequence[Path], sources: Sequence[Any], config: StageConfig, policy: PolicyConfig
-) -> list[bool]:
-    """Which datasets' samples carry the recorded object positions.
+) -> tuple[list[bool], int]:
+    """Which datasets' samples carry the recorded object positions, and their width (0: none).
 
     Stages 2-3 with `env_state` need them in every dataset. Stage 1 has no VLM, so only an
     expert whose condition takes positions ("oracle", "predicted") uses them, from the
@@ -100,7 +100,7 @@ def env_state_sources(
             f"env_state={use!r} needs {every} to record observation.environment_state, "
             f"with one width; got {recorded}"
         )
-    return used
+    return used, next(iter(widths.values()), 0)
 
 
 def load_stage_data(
@@ -139,7 +139,7 @@ def load_stage_data(
     if base_stats is not None:
         stats = stats.with_fallback(base_stats)
     normalizer = Normalizer(stats)
-    positions = env_state_sources(paths, sources, config, policy)
+    positions, width = env_state_sources(paths, sources, config, policy)
     windows = [
         ChunkWindows(
             source,
@@ -158,5 +158,4 @@ def load_stage_data(
     else:
         weights = config.data_weights or tuple(float(len(w)) for w in windows)
         dataset = MixtureDataset(windows, weights)
-    width = next((s.env_state_dim for s, used in zip(sources, positions, strict=True) if used), 0)
     return StageData(dataset, stats, embodiments, paths, width)

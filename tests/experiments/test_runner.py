@@ -119,7 +119,7 @@ def test_the_two_cpu_sizes_are_distinct_entries_of_one_registry():
     assert BENCH_SIZES["cpu"] is RUN_SIZES["bench-cpu"]
     assert DEMO_SIZES["ci"] is BENCH_SIZES["ci"] is RUN_SIZES["ci"]
     assert DEMO_SIZES["cpu"].steps == (500, 4000, 300)
-    assert BENCH_SIZES["cpu"].steps == (1000, 1500, 500)
+    assert BENCH_SIZES["cpu"].steps == (1000, 4000, 500)
     assert {size.name for size in RUN_SIZES.values()} == set(RUN_SIZES)
 
 

@@ -46,6 +46,16 @@ class RunSize:
             raise ValueError(f"steps must be three positive numbers, got {self.steps}")
 
 
+CPU_RECIPE: Mapping[str, Any] = {
+    "prediction_type": "sample",
+    "noise_samples": 2,
+    "train": {"save_every": 500, "log_every": 50},
+}
+"""The CPU sizes' stage recipe, chosen on validation episodes (docs/evaluation.md): the expert
+predicts the clean chunk (0/10 -> 9/10 against predicting the noise at the same budget), with 2
+noise draws per observation (1.3x the steps of 4 in the same time). A checkpoint every 500 steps
+(not the tiny presets' 100) and a log line every 50 keep the step's time for training."""
+
 RUN_SIZES: dict[str, RunSize] = {
     size.name: size
     for size in (
@@ -74,16 +84,7 @@ RUN_SIZES: dict[str, RunSize] = {
             eval_max_steps=None,
             workers=2,
             description="the demo's default: about 20 minutes on a 2-core CPU",
-            # Chosen on validation episodes (docs/evaluation.md): the expert predicts the clean
-            # chunk, 0/10 -> 9/10 against predicting the noise at the same budget; 2 noise draws
-            # per observation fit 1.3x the steps of 4 in the same time. A checkpoint every 500
-            # steps (not the tiny presets' 100) and a log line every 50 keep the step's time
-            # for training.
-            overrides={
-                "prediction_type": "sample",
-                "noise_samples": 2,
-                "train": {"save_every": 500, "log_every": 50},
-            },
+            overrides=CPU_RECIPE,
         ),
         RunSize(
             name="demo-gpu",
@@ -104,12 +105,13 @@ RUN_SIZES: dict[str, RunSize] = {
             pretrain_tasks=("sawyer-reach", "sawyer-pick-place"),
             pretrain_episodes=10,
             image_size=84,
-            steps=(1000, 1500, 500),
+            steps=(1000, 4000, 500),
             batch_size=8,
-            eval_episodes=20,
+            eval_episodes=50,
             eval_max_steps=None,
             workers=2,
-            description="50 demonstrations, short training, 20 evaluation episodes (2-core CPU)",
+            description="50 demonstrations, the demo's recipe, 50 evaluation episodes (2-core CPU)",
+            overrides=CPU_RECIPE,
         ),
         RunSize(
             name="bench-full",

@@ -73,6 +73,10 @@ class Suite:
 
 
 HAND_TASK = "hand-pick-place"
+PREDICTED = "predicted"
+"""The env_state of every ALOHA arm but the diagnosis's: the expert is conditioned on the object
+positions its VLM predicts (trained on the simulator's recorded ones). Without it the tiny policy
+ignores its cameras (docs/evaluation.md). The hand's data records no positions."""
 
 SUITES: dict[str, Suite] = {
     suite.name: suite
@@ -82,7 +86,7 @@ SUITES: dict[str, Suite] = {
             description="ALOHA transfer cube and insertion from scripted demonstrations, "
             "the full three-stage recipe, against ACT's published success rates",
             tasks=("aloha-transfer-cube", "aloha-insertion"),
-            arms=(Arm("DexVLA (stages 1-3)"),),
+            arms=(Arm("DexVLA (stages 1-3)", env_state=PREDICTED),),
             reference={"aloha-transfer-cube": 0.97, "aloha-insertion": 0.90},
             reference_name="ACT (scripted data, Zhao et al. 2023)",
             notes="ACT's figures come from 480x640 cameras, an 80M-parameter policy and "
@@ -94,9 +98,9 @@ SUITES: dict[str, Suite] = {
             "ratios (93M : 410M : 1B, scaled down to tiny / tiny-l / tiny-h)",
             tasks=("aloha-transfer-cube",),
             arms=(
-                Arm("ScaleDP tiny (1x)", policy="tiny"),
-                Arm("ScaleDP tiny-l (4.4x)", policy="tiny-l"),
-                Arm("ScaleDP tiny-h (10x)", policy="tiny-h"),
+                Arm("ScaleDP tiny (1x)", policy="tiny", env_state=PREDICTED),
+                Arm("ScaleDP tiny-l (4.4x)", policy="tiny-l", env_state=PREDICTED),
+                Arm("ScaleDP tiny-h (10x)", policy="tiny-h", env_state=PREDICTED),
             ),
         ),
         Suite(
@@ -104,8 +108,8 @@ SUITES: dict[str, Suite] = {
             description="stages 1-3 against stages 2-3 (no cross-embodiment pre-training)",
             tasks=("aloha-transfer-cube",),
             arms=(
-                Arm("with stage 1 (stages 1-3)"),
-                Arm("without stage 1 (stages 2-3)", stages=(2, 3)),
+                Arm("with stage 1 (stages 1-3)", env_state=PREDICTED),
+                Arm("without stage 1 (stages 2-3)", stages=(2, 3), env_state=PREDICTED),
             ),
         ),
         Suite(
@@ -114,8 +118,8 @@ SUITES: dict[str, Suite] = {
             "ALOHA task (cube to bin: six reward stages)",
             tasks=("aloha-cube-to-bin",),
             arms=(
-                Arm("with sub-step reasoning"),
-                Arm("without sub-step reasoning", reasoning=False),
+                Arm("with sub-step reasoning", env_state=PREDICTED),
+                Arm("without sub-step reasoning", reasoning=False, env_state=PREDICTED),
             ),
         ),
         Suite(
@@ -129,7 +133,7 @@ SUITES: dict[str, Suite] = {
                 Arm("without stage 1 (stages 2-3)", stages=(2, 3)),
                 Arm("oracle object position (stages 2-3)", stages=(2, 3), env_state="oracle"),
                 Arm("object-position loss (stages 2-3)", stages=(2, 3), env_state="aux"),
-                Arm("predicted object position (stages 2-3)", stages=(2, 3), env_state="predicted"),
+                Arm("predicted object position (stages 2-3)", stages=(2, 3), env_state=PREDICTED),
             ),
             notes="The oracle reads privileged simulator state at evaluation too: it bounds "
             "what vision could give and is not a deployable policy.",
@@ -159,11 +163,9 @@ DEMO = Suite(
     name="demo",
     description="the whole system end to end: the three stages on ALOHA transfer cube",
     tasks=("aloha-transfer-cube",),
-    arms=(Arm("DexVLA", task_heads=False, env_state="predicted"),),
+    arms=(Arm("DexVLA", task_heads=False, env_state=PREDICTED),),
 )
-"""`dexvla demo`: one DexVLA arm (with the preset's expert heads) and the scripted expert. The
-arm conditions the expert on the object position its VLM predicts (trained on the simulator's
-recorded one): without it the tiny policy ignores its cameras (docs/evaluation.md)."""
+"""`dexvla demo`: one DexVLA arm (with the preset's expert heads) and the scripted expert."""
 
 
 def get_suite(name: str) -> Suite:

@@ -94,6 +94,18 @@ def test_arms_with_one_stage1_recipe_share_it_and_a_second_run_resumes(tmp_path,
     assert "skipped" in capsys.readouterr().out
 
 
+def test_an_arm_naming_the_sizes_preset_shares_the_runs_of_one_naming_none(tmp_path, fake):
+    """ablate-expert-size's 1x arm is aloha-sim's transfer-cube arm, trained once."""
+    size = BENCH_SIZES["cpu"]
+    run = SuiteRun(get_suite("aloha-sim"), size, 1, tmp_path, fake)
+    plain, tiny = get_suite("aloha-sim").arms[0], get_suite("ablate-expert-size").arms[0]
+    assert plain.policy is None and tiny.policy == size.preset == "tiny"
+    task = "aloha-transfer-cube"
+    assert run.arm_directory(tiny, task) == run.arm_directory(plain, task)
+    larger = get_suite("ablate-expert-size").arms[1]
+    assert run.arm_directory(larger, task) != run.arm_directory(plain, task)
+
+
 def test_cross_embodiment_pretrains_without_the_hand_and_builds_its_head(tmp_path, fake):
     SuiteRun(get_suite("cross-embodiment"), BENCH_SIZES["cpu"], 1, tmp_path, fake).run()
     stage1 = fake.trains()[2]

@@ -142,10 +142,16 @@ class SuiteRun:
         )
 
     def arm_directory(self, arm: Arm, task: str) -> Path:
-        """runs/<task>/<readable recipe>-<hash of the recipe and the size>."""
+        """runs/<task>/<readable recipe>-<hash of the recipe and the size>.
+
+        An arm naming the size's own preset hashes as one that names none: the two train the
+        same policy, so they share their runs."""
         size = self.size
+        fields = {k: v for k, v in dataclasses.asdict(arm).items() if k != "name"}
+        if arm.policy == size.preset:
+            fields["policy"] = None
         recipe = {
-            "arm": {k: v for k, v in dataclasses.asdict(arm).items() if k != "name"},
+            "arm": fields,
             "policy": arm.policy_for(size),
             "size": {k: v for k, v in dataclasses.asdict(size).items() if k != "description"},
         }

@@ -10,8 +10,14 @@ next to each other mean something), on the same model, batch size and data:
   per-image vision attention and Conv3d patch embedding, a boolean-indexed language loss and
   `float()` metrics. "new" is `DexVLAPolicy` as it is.
 - "pipeline": `Trainer` + DataLoader + `ChunkWindows` over a LeRobot v3 dataset (decoding,
-  normalisation, collation, metrics, progress bar) with the new forward; with `--baseline`
-  also with the old one. Its overhead over the bare step around it has a target of <= 10%.
+  normalisation, collation, metrics, progress bar) with the new forward. Its overhead over the
+  bare step around it has a target of <= 10%. The dataset has `--episodes` one-episode files,
+  as a collected one has (50 in the demo), so random samples revisit files and row groups the
+  way training does. "pipeline, old caches" is the same run with the reader's caches of before
+  (16 open files, row groups barely kept: 8 of them, next to none under random access). With
+  `--baseline`, "pipeline, old" has the old forward and the old caches: the training step as
+  it was before issue 13 but for the loader, whose row-group reads then decoded 32 frames for
+  one (slower still, so its ratio understates the gain).
 - the FLOP counter's GFLOP of one forward + backward, the achieved GFLOP/s of each bare step,
   and the fp32 2048^3 matmul GFLOP/s of the same run (what this CPU can do at best).
 
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import statistics
 import tempfile
 import time
@@ -35,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.modeling_qwen2_vl import PatchEmbed, VisionAttention
 
-from dexvla.data.lerobot_v3 import LeRobotV3Writer
+from dexvla.data.lerobot_v3 import LeRobotV3Writer, reader
 from dexvla.data.windows import collate_windows
 from dexvla.embodiments import get_embodiment
 from dexvla.imaging import to_unit_float
@@ -185,9 +192,23 @@ def bare_samples_per_s(
     return {name: steps * len(batch[TASK]) / s for name, s in seconds.items()}
 
 
-def pipeline_samples_per_s(model: torch.nn.Module, data, config, out: Path, warmup: int) -> float:
-    """Steady-state samples/s of `Trainer.train` (the first log window, start-up, excluded)."""
-    Trainer(model, data.dataset, config.train, out, collate_fn=collate_windows).train()
+def pipeline_samples_per_s(
+    model: torch.nn.Module, data, config, out: Path, warmup: int, old_caches: bool = False
+) -> float:
+    """Steady-state samples/s of `Trainer.train` (the first log window, start-up, excluded),
+    on a fresh copy of the dataset after one sparse pass over it (every 16th sample: the
+    steady state of a long run, whose caches are warm after its first few hundred samples),
+    with the old reader caches if asked."""
+    kept = (reader.OPEN_FILES, reader.GROUP_CACHE_BYTES)
+    if old_caches:
+        reader.OPEN_FILES, reader.GROUP_CACHE_BYTES = 16, 0
+    try:
+        dataset = pickle.loads(pickle.dumps(data.dataset))  # caches rebuilt, as in a worker
+        for i in range(0, len(dataset), 16):
+            dataset[i]
+        Trainer(model, dataset, config.train, out, collate_fn=collate_windows).train()
+    finally:
+        reader.OPEN_FILES, reader.GROUP_CACHE_BYTES = kept
     windows = [r for r in read_metrics(out / "metrics.jsonl") if r["step"] > warmup]
     return float(np.mean([r["samples_per_s"] for r in windows]))
 
@@ -204,6 +225,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--image", type=int, default=84, help="stored camera size (px)")
+    parser.add_argument("--episodes", type=int, default=50, help="one-episode files")
+    parser.add_argument("--length", type=int, default=40, help="frames per episode")
     parser.add_argument("--repeats", type=int, default=3, help="pipeline runs, between bare runs")
     parser.add_argument("--baseline", action="store_true", help="pipeline of the old forward too")
     args = parser.parse_args()
@@ -219,7 +242,7 @@ def main() -> None:
         tensorboard=False,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_dataset(Path(tmp) / "data", episodes=4, length=60, size=args.image)
+        root = write_dataset(Path(tmp) / "data", args.episodes, args.length, args.image)
         data = load_stage_data([root], config, config.policy_config())
         samples = [data.dataset[i] for i in range(args.batch_size)]
         batch = move_to_device(collate_windows(samples), torch.device("cpu"))
@@ -247,14 +270,21 @@ def main() -> None:
         bares = [bare()]
         pipeline: list[float] = []
         pipeline_old: list[float] = []
+        pipeline_caches: list[float] = []
         for i in range(args.repeats):
             pipeline.append(
                 pipeline_samples_per_s(fresh(), data, config, Path(tmp) / f"new{i}", args.warmup)
             )
+            out = Path(tmp) / f"caches{i}"
+            pipeline_caches.append(
+                pipeline_samples_per_s(fresh(), data, config, out, args.warmup, old_caches=True)
+            )
             if args.baseline:
                 out = Path(tmp) / f"old{i}"
                 pipeline_old.append(
-                    pipeline_samples_per_s(fresh(old=True), data, config, out, args.warmup)
+                    pipeline_samples_per_s(
+                        fresh(old=True), data, config, out, args.warmup, old_caches=True
+                    )
                 )
             bares.append(bare())
             matmul.append(matmul_gflops())
@@ -266,7 +296,8 @@ def main() -> None:
     print(
         f"tiny stage 2, batch {batch_size}, noise_samples {config.noise_samples}, "
         f"{args.steps} steps x {args.repeats}, workers {args.workers}, threads {args.threads}, "
-        f"{args.image}px x3 cameras -> {config.policy_config().vlm.image_size[0]}px"
+        f"{args.image}px x3 cameras -> {config.policy_config().vlm.image_size[0]}px, "
+        f"{args.episodes} one-episode files of {args.length} frames"
     )
     print(f"first loss, same weights and noise: old {old_loss:.6f}  new {new_loss:.6f}")
     print(f"forward + backward: {gflop:.2f} GFLOP per step (FlopCounterMode)")
@@ -275,6 +306,9 @@ def main() -> None:
     print(row("bare step, new", new, "samples/s"))
     print(row("  achieved, new", [gflop * v / batch_size for v in new], "GFLOP/s"))
     print(row("pipeline, new", pipeline, "samples/s"))
+    print(row("pipeline, old caches", pipeline_caches, "samples/s"))
+    cache_gain = [p / q for p, q in zip(pipeline, pipeline_caches, strict=True)]
+    print(row("new / old caches", cache_gain, f"x  median {statistics.median(cache_gain):.2f}x"))
     if pipeline_old:
         print(row("pipeline, old", pipeline_old, "samples/s"))
         ratios = [p / q for p, q in zip(pipeline, pipeline_old, strict=True)]

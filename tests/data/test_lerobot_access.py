@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pyarrow.parquet as pq
 
-from dexvla.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer
+from dexvla.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer, reader
 from dexvla.data.lerobot_v3.format import ROW_GROUP_IMAGE_BYTES, ROW_GROUP_SIZE
 
 DATA_FILE = "data/chunk-000/file-000.parquet"
@@ -49,3 +49,29 @@ def test_files_with_other_row_groups_read_the_same(tmp_path, make_episode):
         np.testing.assert_array_equal(
             copy.image(1, 9, "cam_high"), episodes[1].images["cam_high"][9]
         )
+
+
+def test_row_groups_read_again_come_from_memory_within_the_byte_budget(
+    tmp_path, make_episode, monkeypatch
+):
+    """Random training reads revisit groups: each is read once while it fits the budget."""
+    episode = make_episode(0, length=40)  # two row groups: frames 0-31 and 32-39
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(episode)
+    reads: list[int] = []
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def counted(self, group, *args, **kwargs):
+        reads.append(group)
+        return read_row_group(self, group, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", counted)
+    order = (0, 39, 1, 38, 2)
+    for budget, expected in ((reader.GROUP_CACHE_BYTES, [0, 1]), (1, [0, 1, 0, 1, 0])):
+        monkeypatch.setattr(reader, "GROUP_CACHE_BYTES", budget)
+        reads.clear()
+        data = LeRobotV3Dataset(tmp_path)
+        for t in order:
+            frame = data.image(0, t, "cam_high")
+            np.testing.assert_array_equal(frame, episode.images["cam_high"][t])
+        assert reads == expected  # a budget of one byte keeps only the newest group

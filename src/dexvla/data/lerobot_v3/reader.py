@@ -10,7 +10,8 @@ A training sample reads one frame per camera, so a frame read costs about one fr
 feature reads the one row group holding the frame (the writer sizes row groups to about one
 frame of 640x480 PNG; older files with bigger groups read correctly, at a group's cost), a video
 feature seeks to the frame's timestamp (`dexvla.data.video`). Open files, row groups and
-videos are kept in small per-process caches, rebuilt after pickling (DataLoader workers).
+videos are kept in per-process caches (row groups up to `GROUP_CACHE_BYTES`), rebuilt after
+pickling (DataLoader workers).
 """
 
 from __future__ import annotations
@@ -47,12 +48,26 @@ from dexvla.schema import ACTION, ENV_STATE, REWARD, STATE, SUBSTEP, Episode, ca
 CORRUPT = "corrupt data file"
 
 
-class _LruCache(OrderedDict):
-    """A tiny least-recently-used cache."""
+OPEN_FILES = 256
+"""Data files kept open per process: re-opening one (its footer) costs more than the frame."""
+GROUP_CACHE_BYTES = 256 * 2**20
+"""Row-group columns kept per process, in bytes: a small data set's images stay in memory after
+one pass (50 episodes at 84 px are about 80 MB); at 640x480, about 300 frames' groups."""
 
-    def __init__(self, capacity: int) -> None:
+
+class _LruCache(OrderedDict):
+    """A least-recently-used cache of at most `capacity` entries and, given `size` (an entry's
+    bytes), at most `max_bytes` (the newest entry always stays)."""
+
+    def __init__(
+        self,
+        capacity: int,
+        max_bytes: int | None = None,
+        size: Callable[[Any], int] | None = None,
+    ) -> None:
         super().__init__()
-        self.capacity = capacity
+        self.capacity, self.max_bytes, self.size = capacity, max_bytes, size
+        self.bytes = 0
 
     def fetch(self, key: Any, load: Callable[[], Any]) -> Any:
         if key in self:
@@ -60,8 +75,12 @@ class _LruCache(OrderedDict):
             return self[key]
         value = load()
         self[key] = value
-        if len(self) > self.capacity:
-            self.popitem(last=False)
+        self.bytes += self.size(value) if self.size else 0
+        while len(self) > self.capacity or (
+            self.max_bytes is not None and self.bytes > self.max_bytes and len(self) > 1
+        ):
+            _, old = self.popitem(last=False)
+            self.bytes -= self.size(old) if self.size else 0
         return value
 
 
@@ -130,9 +149,10 @@ class LeRobotV3Dataset:
         self._reset_handles()
 
     def _reset_handles(self) -> None:
-        self._files = _LruCache(16)  # path -> (ParquetFile, first row of each row group)
+        self._files = _LruCache(OPEN_FILES)  # path -> (ParquetFile, first row of each group)
         self._offsets: dict[int, int] = {}
-        self._groups = _LruCache(8)  # (path, row group, column) -> the group's column
+        # (path, row group, column) -> the group's column
+        self._groups = _LruCache(4096, GROUP_CACHE_BYTES, lambda column: column.nbytes)
         self._videos = _LruCache(8)  # path -> VideoFile
 
     @property

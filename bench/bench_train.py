@@ -227,6 +227,9 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=84, help="stored camera size (px)")
     parser.add_argument("--episodes", type=int, default=50, help="one-episode files")
     parser.add_argument("--length", type=int, default=40, help="frames per episode")
+    parser.add_argument(
+        "--data", type=Path, help="an ALOHA LeRobot v3 data set to read instead (e.g. collected)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="pipeline runs, between bare runs")
     parser.add_argument("--baseline", action="store_true", help="pipeline of the old forward too")
     args = parser.parse_args()
@@ -242,7 +245,10 @@ def main() -> None:
         tensorboard=False,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        root = write_dataset(Path(tmp) / "data", args.episodes, args.length, args.image)
+        if args.data is not None:
+            root = args.data
+        else:
+            root = write_dataset(Path(tmp) / "data", args.episodes, args.length, args.image)
         data = load_stage_data([root], config, config.policy_config())
         samples = [data.dataset[i] for i in range(args.batch_size)]
         batch = move_to_device(collate_windows(samples), torch.device("cpu"))
@@ -297,7 +303,11 @@ def main() -> None:
         f"tiny stage 2, batch {batch_size}, noise_samples {config.noise_samples}, "
         f"{args.steps} steps x {args.repeats}, workers {args.workers}, threads {args.threads}, "
         f"{args.image}px x3 cameras -> {config.policy_config().vlm.image_size[0]}px, "
-        f"{args.episodes} one-episode files of {args.length} frames"
+        + (
+            f"data {args.data}"
+            if args.data
+            else f"{args.episodes} one-episode files of {args.length} frames (random images)"
+        )
     )
     print(f"first loss, same weights and noise: old {old_loss:.6f}  new {new_loss:.6f}")
     print(f"forward + backward: {gflop:.2f} GFLOP per step (FlopCounterMode)")

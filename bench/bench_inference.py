@@ -22,9 +22,13 @@ take alone (the wall time then mostly measures waiting for a core).
 
 A random-weight model never writes `<|im_end|>`, so generation always runs to the preset's
 `max_new_tokens` (24 for tiny): the reasoning rows are a worst case for a trained model.
+`--checkpoint` times a trained policy instead (e.g. `make demo`'s stage-3 policy), and `--data`
+feeds it the frames of a recorded data set: its decoding stops where its sub-step ends.
 
     python bench/bench_inference.py                      # tiny, 1 thread, M in 1 2 4
     python bench/bench_inference.py --threads 2 --reasoning-every 1 4 8
+    python bench/bench_inference.py --checkpoint <demo>/runs/.../stage3/final \
+        --data <demo>/data/aloha-transfer-cube-50ep-84px
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from dexvla.data.lerobot_v3 import LeRobotV3Dataset
 from dexvla.embodiments import get_embodiment
 from dexvla.policy.configuration import get_policy_preset
 from dexvla.policy.modeling import DexVLAPolicy
@@ -59,6 +65,23 @@ def make_policy(preset: str) -> DexVLAPolicy:
     )
     processor = DexVLAProcessor(config.vlm.image_size, config.embodiments, stats)
     return DexVLAPolicy(config, processor=processor).eval()
+
+
+def recorded_observations(root: Path, n: int) -> list[dict]:
+    """`n` observations from a recorded data set's frames (every episode in turn, spread over
+    its length), as the simulator gave them."""
+    data = LeRobotV3Dataset(root)
+    out = []
+    for k in range(n):
+        i = k % data.num_episodes
+        low = data.lowdim(i)
+        t = (k // data.num_episodes * 37) % data.episode_length(i)
+        obs = {image_key(cam): data.image(i, t, cam) for cam in data.cameras}
+        obs[STATE] = low["state"][t]
+        obs[TASK] = low["task"]
+        obs[EMBODIMENT] = data.embodiment
+        out.append(obs)
+    return out
 
 
 def observations(n: int, size: int, seed: int = 0) -> list[dict]:
@@ -148,11 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         "--loop-steps", type=int, default=128, help="control steps per closed-loop run"
     )
     parser.add_argument("--image-size", type=int, default=128, help="camera image size (px)")
+    parser.add_argument("--checkpoint", type=Path, help="a trained policy instead of --preset")
+    parser.add_argument("--data", type=Path, help="observations from this data set's frames")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    policy = make_policy(args.preset)
-    obs = observations(args.loop_steps, args.image_size)
+    if args.checkpoint is not None:
+        policy = DexVLAPolicy.from_pretrained(args.checkpoint).eval()
+    else:
+        policy = make_policy(args.preset)
+    if args.data is not None:
+        obs = recorded_observations(args.data, args.loop_steps)
+    else:
+        obs = observations(args.loop_steps, args.image_size)
     _, reasoning = policy.predict_action_chunk(obs[0])  # warm-up
     policy.predict_action_chunk(obs[1], reasoning)
 
@@ -178,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     wall = {name: statistics.median(v[0] for v in values) for name, values in rows.items()}
     cpu = {name: statistics.median(v[1] for v in values) for name, values in rows.items()}
     config = policy.config
+    source = f"checkpoint {args.checkpoint}" if args.checkpoint else f"preset {args.preset}"
+    frames = f", frames of {args.data}" if args.data else ", random images"
     print(
-        f"preset {args.preset}: images {config.vlm.image_size} x3 cameras, "
+        f"{source}{frames}: images {config.vlm.image_size} x3 cameras, "
         f"max_new_tokens {config.vlm.max_new_tokens}, chunk {config.chunk_size}, "
         f"DDIM steps {config.diffusion.num_inference_steps}, threads {args.threads}, "
         f"fp32 CPU, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"

@@ -151,7 +151,7 @@ class LeRobotV3Dataset:
     def _reset_handles(self) -> None:
         self._files = _LruCache(OPEN_FILES)  # path -> (ParquetFile, first row of each group)
         self._offsets: dict[int, int] = {}
-        # (path, row group, column) -> the group's column
+        # (path, row group, column) -> the group's column: 4096 groups or GROUP_CACHE_BYTES
         self._groups = _LruCache(4096, GROUP_CACHE_BYTES, lambda column: column.nbytes)
         self._videos = _LruCache(8)  # path -> VideoFile
 

@@ -204,3 +204,10 @@ def test_every_suite_end_to_end_at_ci_size(shared_out, name, capsys):
         line for line in out.splitlines() if line.startswith("[benchmark] stage ") and ": " in line
     ]
     assert trains and all(line.endswith("exists, skipped") for line in trains)
+
+
+def test_results_name_the_sizes_stage_recipe_overrides(tmp_path, fake):
+    path = SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["cpu"], 1, tmp_path, fake).run()
+    assert '"prediction_type": "sample"' in path.read_text()
+    path = SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["ci"], 1, tmp_path / "ci", fake).run()
+    assert "overrides" not in path.read_text()  # the ci size has none

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -115,7 +116,10 @@ def markdown(suite: Suite, data: dict[str, Any]) -> str:
         f"- size `{size['name']}`: {size['episodes']} demonstrations per task, "
         f"{size['image_size']} px cameras, training steps {size['steps'][0]} / "
         f"{size['steps'][1]} / {size['steps'][2]} at batch {size['batch_size']}, "
-        f"{size['eval_episodes']} evaluation episodes per run, {data['seeds']} training seed(s)",
+        f"{size['eval_episodes']} evaluation episodes per run, {data['seeds']} training seed(s)"
+        + (
+            f"; stage recipe overrides {json.dumps(size['overrides'])}" if size["overrides"] else ""
+        ),
         "",
         "| task | arm | success (mean over seeds) | 95% interval | per seed | reward stages "
         "reached | mean max reward |" + (f" {suite.reference_name} |" if reference else ""),

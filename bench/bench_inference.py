@@ -71,17 +71,13 @@ def recorded_observations(root: Path, n: int) -> list[dict]:
     """`n` observations from a recorded data set's frames (every episode in turn, spread over
     its length), as the simulator gave them."""
     data = LeRobotV3Dataset(root)
-    out = []
-    for k in range(n):
-        i = k % data.num_episodes
-        low = data.lowdim(i)
-        t = (k // data.num_episodes * 37) % data.episode_length(i)
-        obs = {image_key(cam): data.image(i, t, cam) for cam in data.cameras}
-        obs[STATE] = low["state"][t]
-        obs[TASK] = low["task"]
-        obs[EMBODIMENT] = data.embodiment
-        out.append(obs)
-    return out
+    return [
+        data.observation(
+            k % data.num_episodes,
+            (k // data.num_episodes * 37) % data.episode_length(k % data.num_episodes),
+        )
+        for k in range(n)
+    ]
 
 
 def observations(n: int, size: int, seed: int = 0) -> list[dict]:

@@ -30,7 +30,7 @@ import torch
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset
 from dexvla.embodiments import get_embodiment
 from dexvla.policy.modeling import DexVLAPolicy
-from dexvla.schema import EMBODIMENT, ENV_STATE, STATE, TASK, image_key
+from dexvla.schema import STATE, TASK, image_key
 
 # ALOHA's two arms (joints + gripper) in its 14-D action; other embodiments: all dimensions.
 GROUPS = {"aloha": {"left arm": slice(0, 7), "right arm": slice(7, 14)}}
@@ -52,19 +52,17 @@ def main() -> None:
     if dataset.num_episodes < 2:
         raise SystemExit(f"{args.data}: need at least 2 episodes, got {dataset.num_episodes}")
     embodiment = dataset.embodiment
-    cameras = get_embodiment(embodiment).cameras
     groups = GROUPS.get(embodiment, {"all": slice(None)})
     image_effect = {name: [] for name in groups}
     noise_effect = {name: [] for name in groups}
     offset = max(1, dataset.num_episodes // 2)
 
     def observation(images_from: int, state_from: int, t: int) -> dict:
+        """Frame t's cameras (and object positions, which an oracle policy reads with them)
+        from one episode, the state and task from another."""
+        obs = dataset.observation(images_from, t)
         low = dataset.lowdim(state_from)
-        obs = {image_key(c): dataset.image(images_from, t, c) for c in cameras}
-        obs.update({STATE: low["state"][t], TASK: low["task"], EMBODIMENT: embodiment})
-        scene = dataset.lowdim(images_from).get("env_state")
-        if scene is not None:  # an oracle policy reads the object's place with the images
-            obs[ENV_STATE] = scene[t]
+        obs.update({STATE: low["state"][t], TASK: low["task"]})
         return obs
 
     def seeded(seed: int) -> torch.Generator:

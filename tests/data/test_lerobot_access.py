@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from dexvla.data.lerobot_v3 import LeRobotV3Dataset, LeRobotV3Writer, reader
 from dexvla.data.lerobot_v3.format import ROW_GROUP_IMAGE_BYTES, ROW_GROUP_SIZE
+from dexvla.schema import EMBODIMENT, ENV_STATE, STATE, TASK, image_key
 
 DATA_FILE = "data/chunk-000/file-000.parquet"
 
@@ -75,3 +76,18 @@ def test_row_groups_read_again_come_from_memory_within_the_byte_budget(
             frame = data.image(0, t, "cam_high")
             np.testing.assert_array_equal(frame, episode.images["cam_high"][t])
         assert reads == expected  # a budget of one byte keeps only the newest group
+
+
+def test_an_observation_is_the_recorded_frame_with_state_task_and_embodiment(
+    tmp_path, make_episode
+):
+    episode = make_episode(0, length=12)
+    with LeRobotV3Writer(tmp_path, embodiment="aloha", fps=50) as writer:
+        writer.add_episode(episode)
+    data = LeRobotV3Dataset(tmp_path)
+    obs = data.observation(0, 7)
+    for cam in data.cameras:
+        np.testing.assert_array_equal(obs[image_key(cam)], episode.images[cam][7])
+    np.testing.assert_array_equal(obs[STATE], episode.state[7])
+    assert obs[TASK] == episode.task and obs[EMBODIMENT] == "aloha"
+    assert ENV_STATE not in obs  # this episode records no object positions

@@ -43,7 +43,18 @@ from dexvla.data.lerobot_v3.format import (
 from dexvla.data.video import VideoFile
 from dexvla.embodiments import get_embodiment
 from dexvla.io import read_json, reading
-from dexvla.schema import ACTION, ENV_STATE, REWARD, STATE, SUBSTEP, Episode, camera_of
+from dexvla.schema import (
+    ACTION,
+    EMBODIMENT,
+    ENV_STATE,
+    REWARD,
+    STATE,
+    SUBSTEP,
+    TASK,
+    Episode,
+    camera_of,
+    image_key,
+)
 
 CORRUPT = "corrupt data file"
 
@@ -279,6 +290,16 @@ class LeRobotV3Dataset:
 
         column = self._groups.fetch((path, group, key), load)
         return self._decode(column[row - starts[group]].as_py(), i, t, cam)
+
+    def observation(self, i: int, t: int) -> dict[str, Any]:
+        """Frame t of episode i as the robot or simulator gave it: every camera (uint8), the
+        state (robot units), the task, the embodiment and, where recorded, `ENV_STATE`."""
+        low = self.lowdim(i)
+        obs: dict[str, Any] = {image_key(cam): self.image(i, t, cam) for cam in self.cameras}
+        obs.update({STATE: low["state"][t], TASK: low["task"], EMBODIMENT: self.embodiment})
+        if low["env_state"] is not None:
+            obs[ENV_STATE] = low["env_state"][t]
+        return obs
 
     def _decode(self, value: dict[str, Any] | None, i: int, t: int, cam: str) -> np.ndarray:
         """An image feature's `{bytes, path}` value -> uint8 (H, W, 3)."""

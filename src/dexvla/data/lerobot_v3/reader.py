@@ -67,18 +67,12 @@ one pass (50 episodes at 84 px are about 80 MB); at 640x480, about 300 frames' g
 
 
 class _LruCache(OrderedDict):
-    """A least-recently-used cache of at most `capacity` entries and, given `size` (an entry's
-    bytes), at most `max_bytes` (the newest entry always stays)."""
+    """A least-recently-used cache holding at most `capacity` units, where an entry weighs
+    `size(entry)` units (default 1: a count of entries); the newest entry always stays."""
 
-    def __init__(
-        self,
-        capacity: int,
-        max_bytes: int | None = None,
-        size: Callable[[Any], int] | None = None,
-    ) -> None:
+    def __init__(self, capacity: int, size: Callable[[Any], int] = lambda _: 1) -> None:
         super().__init__()
-        self.capacity, self.max_bytes, self.size = capacity, max_bytes, size
-        self.bytes = 0
+        self.capacity, self.size, self.used = capacity, size, 0
 
     def fetch(self, key: Any, load: Callable[[], Any]) -> Any:
         if key in self:
@@ -86,12 +80,10 @@ class _LruCache(OrderedDict):
             return self[key]
         value = load()
         self[key] = value
-        self.bytes += self.size(value) if self.size else 0
-        while len(self) > self.capacity or (
-            self.max_bytes is not None and self.bytes > self.max_bytes and len(self) > 1
-        ):
+        self.used += self.size(value)
+        while self.used > self.capacity and len(self) > 1:
             _, old = self.popitem(last=False)
-            self.bytes -= self.size(old) if self.size else 0
+            self.used -= self.size(old)
         return value
 
 
@@ -162,8 +154,8 @@ class LeRobotV3Dataset:
     def _reset_handles(self) -> None:
         self._files = _LruCache(OPEN_FILES)  # path -> (ParquetFile, first row of each group)
         self._offsets: dict[int, int] = {}
-        # (path, row group, column) -> the group's column: 4096 groups or GROUP_CACHE_BYTES
-        self._groups = _LruCache(4096, GROUP_CACHE_BYTES, lambda column: column.nbytes)
+        # (path, row group, column) -> the group's column, GROUP_CACHE_BYTES in all
+        self._groups = _LruCache(GROUP_CACHE_BYTES, lambda column: column.nbytes)
         self._videos = _LruCache(8)  # path -> VideoFile
 
     @property

@@ -106,7 +106,7 @@ def test_the_rules_catch_what_they_name_and_spare_methods() -> None:
         "arrays = np.load(path)",
         "config = yaml.load(stream, Loader=yaml.SafeLoader)",
         "config = yaml.safe_load(stream)",
-        "self.compiled_step = torch.compile(self.denoise_step)",
+        "self.compiled_trunk = torch.compile(self.trunk)",
         "pattern = re.compile(r'x')",
         "def run_eval(args): pass",
         "state = torch.load(str(path), map_location=str(device), weights_only=True)",

@@ -94,6 +94,25 @@ def test_decoded_states_pool_what_the_teacher_forced_pass_computes(policy, conti
     assert generation.reasoning.abs().sum() > 0
 
 
+def test_unpadded_decoding_through_the_layers_equals_the_model_forward(policy, monkeypatch):
+    """One observation (no padding) decodes through the decoder layers directly, and writes
+    the same tokens with the same states as the model-level forward (the padded path)."""
+    policy = long_answers(policy).eval()
+    script = policy.prompts.answer_ids("grasp the cube with the right arm")[0]
+    policy.vlm.lm_head = ScriptedHead(len(policy.tokenizer), [script])
+    used = []
+    original = inference._decode_step
+    monkeypatch.setattr(inference, "_decode_step", lambda *a: used.append(1) or original(*a))
+    direct, reference = generation_and_reference(policy, [make_observation(0)])
+    assert used and direct.texts == ["grasp the cube with the right arm"]
+    assert_same_states(direct, reference)
+    policy.vlm.lm_head.calls = 0
+    monkeypatch.setattr(inference, "_decode_step", lambda *a: None)
+    through_model, _ = generation_and_reference(policy, [make_observation(0)])
+    assert through_model.texts == direct.texts
+    torch.testing.assert_close(direct.reasoning, through_model.reasoning, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("max_new_tokens", [3, 12])
 def test_cut_or_untrained_answers_pool_the_training_span_too(policy, continued, max_new_tokens):
     policy.config = policy.config.replace(

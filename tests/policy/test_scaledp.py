@@ -279,10 +279,10 @@ def test_compiled_steps_match_eager():
         for _ in range(2):  # the first call compiles, the second reuses it
             torch.testing.assert_close(compiled(x, t), eager, rtol=1e-5, atol=1e-5)
     model.compile_steps(enabled=False)
-    assert model.compiled_step is None
+    assert model.compiled_trunk is None
 
 
-def test_compiled_step_is_used_only_for_sampling():
+def test_compiled_trunk_is_used_only_for_sampling():
     config = tiny_config()
     model = ScaleDP(config)
     x, t, cond, state, name = inputs(config, "aloha")
@@ -290,9 +290,9 @@ def test_compiled_step_is_used_only_for_sampling():
 
     def fake_compiled(*args):
         calls.append(len(args))
-        return model.denoise_step(*args)
+        return model.trunk(*args)
 
-    model.compiled_step = fake_compiled
+    model.compiled_trunk = fake_compiled
     model.train()
     model.denoiser(cond, state, name)(x, t)
     with torch.no_grad():
@@ -302,7 +302,28 @@ def test_compiled_step_is_used_only_for_sampling():
     assert calls == []
     with torch.inference_mode():
         model.denoiser(cond, state, name)(x, t)
-    assert calls == [6]
+        model.denoiser(cond, state, name).steps(t[None])[0](x)
+    assert calls == [4, 4]
+
+
+@pytest.mark.parametrize("name", ["aloha", "hand"])
+def test_schedule_steps_match_step_by_step_calls(name):
+    """`Denoiser.steps` (every step's adaLN outputs from one batched pass) == calling the
+    denoiser with each timestep, for every step of a schedule."""
+    config = tiny_config()
+    model = ScaleDP(config).eval()
+    randomise_zero_inits(model)
+    x, _, cond, state, _ = inputs(config, name, batch=3, steps=7)
+    schedule = torch.tensor([99, 60, 21, 0])[:, None].expand(-1, 3)  # (T, B)
+    denoise = model.denoiser(cond, state, name)
+    with torch.no_grad():
+        steps = denoise.steps(schedule)
+        assert len(steps) == 4
+        for step, timesteps in zip(steps, schedule, strict=True):
+            noisy = torch.randn_like(x)
+            expected = reference_forward(model, noisy, timesteps, cond, state, name)
+            torch.testing.assert_close(step(noisy), expected, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(denoise(noisy, timesteps), expected, rtol=1e-6, atol=1e-6)
 
 
 def test_every_denoising_step_is_a_module_call():
@@ -314,7 +335,9 @@ def test_every_denoising_step_is_a_module_call():
     denoise = model.denoiser(cond, state, name)
     for _ in range(3):
         denoise(x, t)
-    assert seen == [(3, 10, 14)] * 3
+    for step in denoise.steps(torch.stack([t, t])):
+        step(x)
+    assert seen == [(3, 10, 14)] * 5
 
 
 # ------------------------------------------------------------------ the released layout

@@ -21,13 +21,17 @@ Shapes: B batch, L prompt length (left-padded), N decoded tokens, D the VLM widt
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from diffusers import DDIMScheduler
 from transformers import DynamicCache
 from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 
-from dexvla.policy.diffusion import ActionDiffusion, DenoiseFn
+from dexvla.policy.diffusion import ActionDiffusion, DenoiseFn, DiffusionConfig
+from dexvla.policy.scaledp import Denoiser
 from dexvla.policy.vlm import PromptBuilder, masked_mean
 from dexvla.schema import Reasoning
 
@@ -125,12 +129,18 @@ def greedy_decode(
     """Greedy tokens (B, N) after a cached prompt, and the states (B, N - 1, D) of all but the
     last (the last token is never fed back). Rows that wrote `eos` continue with `pad`; the
     loop stops when every row has finished (one host sync per token, as any early stop needs).
+
+    Without left padding (one observation, or prompts of one length) each token goes through
+    the text model's decoder layers directly, with every step's rotary embedding computed
+    before the loop: the model-level wrapper (mask construction, rotary, output records) is
+    most of a small model's time per token, and one new token attending to the whole cache
+    needs no mask. Padded batches go through the model's forward with their mask.
     """
     assert prompt.cache is not None, "greedy_decode needs a prompt pass with use_cache=True"
     batch = prompt.hidden.shape[0]
     last = prompt.hidden[:, -1]  # (B, D)
-    # Without padding, causal attention needs no mask: skip building one every token.
     mask = prompt.attention if not bool(prompt.attention.all()) else None
+    step_fn = _decode_step(vlm, prompt, max_new_tokens) if mask is None else None
     finished = torch.zeros(batch, dtype=torch.bool, device=last.device)
     tokens: list[torch.Tensor] = []
     states: list[torch.Tensor] = []
@@ -142,10 +152,42 @@ def greedy_decode(
             break
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
-        last = _text_step(vlm, prompt, token[:, None], mask, step)[:, -1]  # (B, D)
+        if step_fn is not None:
+            last = step_fn(token[:, None], step)  # (B, D)
+        else:
+            last = _text_step(vlm, prompt, token[:, None], mask, step)[:, -1]  # (B, D)
         states.append(last)
     empty = prompt.hidden.new_zeros(batch, 0, prompt.hidden.shape[-1])
     return torch.stack(tokens, 1), torch.stack(states, 1) if states else empty
+
+
+def _decode_step(
+    vlm: Qwen2VL, prompt: PromptPass, max_new_tokens: int
+) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+    """`step(token (B, 1), n) -> final state (B, D)` of the n-th new token after an unpadded
+    cached prompt, through the decoder layers with rotary embeddings prepared for every step;
+    None where the text model has sliding-window layers (they need their mask)."""
+    text = vlm.model.language_model
+    if text.has_sliding_layers:
+        return None
+    steps = torch.arange(max_new_tokens, device=prompt.hidden.device)
+    positions = (prompt.next_position[:, None] + steps).expand(3, -1, -1)  # (3, B, N)
+    cos, sin = text.rotary_emb(prompt.hidden, positions)  # (B, N, head_dim) each
+
+    def step(token: torch.Tensor, n: int) -> torch.Tensor:
+        hidden = text.embed_tokens(token)  # (B, 1, D)
+        rope = (cos[:, n : n + 1], sin[:, n : n + 1])
+        for layer in text.layers:
+            hidden = layer(
+                hidden,
+                attention_mask=None,
+                position_embeddings=rope,
+                cache=prompt.cache,
+                use_cache=True,
+            )
+        return text.norm(hidden)[:, -1]
+
+    return step
 
 
 def generate(
@@ -208,6 +250,37 @@ def _continue_with(
     return masked_mean(states, span)
 
 
+def ddim_schedule(config: DiffusionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDIM's sampling timesteps (T,) long and per-step coefficients (T, 4) fp32: sqrt(a),
+    sqrt(1 - a), sqrt(a_prev), sqrt(1 - a_prev), as diffusers computes them (on the CPU).
+
+    A function of the configuration alone, so it is built once per configuration, not per chunk.
+    """
+    return _ddim_schedule(
+        config.num_train_timesteps, config.beta_schedule, config.num_inference_steps
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _ddim_schedule(
+    train_steps: int, beta_schedule: str, inference_steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    scheduler = DDIMScheduler(num_train_timesteps=train_steps, beta_schedule=beta_schedule)
+    scheduler.set_timesteps(inference_steps)
+    timesteps = scheduler.timesteps  # (T,) long
+    previous = timesteps - train_steps // inference_steps
+    alpha = scheduler.alphas_cumprod[timesteps]  # (T,) fp32
+    alpha_prev = torch.where(
+        previous >= 0,
+        scheduler.alphas_cumprod[previous.clamp(min=0)],
+        scheduler.final_alpha_cumprod,
+    )
+    coefficients = torch.stack(
+        [alpha.sqrt(), (1 - alpha).sqrt(), alpha_prev.sqrt(), (1 - alpha_prev).sqrt()], dim=1
+    )
+    return timesteps, coefficients
+
+
 def sample_actions(
     diffusion: ActionDiffusion,
     denoise: DenoiseFn,
@@ -220,33 +293,25 @@ def sample_actions(
 
     The same steps and clipping as `ActionDiffusion.sample` with the DDIM scheduler, and the same
     noise draw for a given generator; the coefficients live on `device` before the loop, so a
-    step launches kernels only. The model sees its input in `dtype`. Other schedulers run
-    through `ActionDiffusion.sample`.
+    step launches kernels only. A ScaleDP `Denoiser` gets the whole schedule first, so every
+    step's adaLN outputs come from one batched pass. The model sees its input in `dtype`. Other
+    schedulers run through `ActionDiffusion.sample`.
     """
     cfg = diffusion.config
     if cfg.scheduler != "ddim":
         return diffusion.sample(denoise, shape, device=device, generator=generator).float()
-    scheduler = diffusion.make_scheduler()
-    scheduler.set_timesteps(cfg.num_inference_steps)
-    timesteps = scheduler.timesteps  # (T,) long, CPU
-    previous = timesteps - cfg.num_train_timesteps // cfg.num_inference_steps
-    alpha = scheduler.alphas_cumprod[timesteps]  # (T,) fp32
-    alpha_prev = torch.where(
-        previous >= 0,
-        scheduler.alphas_cumprod[previous.clamp(min=0)],
-        scheduler.final_alpha_cumprod,
-    )
-    # Per step: sqrt(a), sqrt(1 - a), sqrt(a_prev), sqrt(1 - a_prev); fp32 as diffusers computes.
-    coefficients = torch.stack(
-        [alpha.sqrt(), (1 - alpha).sqrt(), alpha_prev.sqrt(), (1 - alpha_prev).sqrt()], dim=1
-    ).to(device)  # (T, 4)
+    timesteps, coefficients = ddim_schedule(cfg)
+    coefficients = coefficients.to(device)  # (T, 4)
     batch_timesteps = timesteps.to(device)[:, None].expand(-1, shape[0])  # (T, B)
+    if isinstance(denoise, Denoiser):
+        steps = denoise.steps(batch_timesteps)
+    else:
+        steps = [lambda x, t=t: denoise(x, t) for t in batch_timesteps]
     rng_device = generator.device if generator is not None else device
     x = torch.randn(shape, generator=generator, device=rng_device, dtype=torch.float32).to(device)
     limit = cfg.clip_sample_range
-    for step in range(len(timesteps)):
-        a, b, a_prev, b_prev = coefficients[step]
-        out = denoise(x.to(dtype), batch_timesteps[step]).float()
+    for step, (a, b, a_prev, b_prev) in zip(steps, coefficients, strict=True):
+        out = step(x.to(dtype)).float()
         if cfg.prediction_type == "epsilon":
             x0, eps = (x - b * out) / a, out
         elif cfg.prediction_type == "sample":

@@ -27,9 +27,13 @@ from torch.utils.checkpoint import checkpoint
 from dexvla.policy.scaledp_config import ScaleDPConfig
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation x * (1 + scale) + shift, in one pass: x (B, L, D), shift/scale (B, D)."""
-    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+def adaln_parts(
+    modulation: torch.Tensor, count: int, scales: tuple[int, ...]
+) -> tuple[torch.Tensor, ...]:
+    """adaLN output (N, count * D) -> `count` tensors (N, 1, D) that broadcast over the token
+    axis, with 1 added to the `scales` entries, so x * (1 + scale) + shift is one addcmul."""
+    parts = modulation.unsqueeze(1).chunk(count, dim=-1)
+    return tuple(1 + part if i in scales else part for i, part in enumerate(parts))
 
 
 class TimestepEmbedder(nn.Module):
@@ -98,10 +102,11 @@ class Mlp(nn.Module):
         self.approximate = approximate
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, width)
-        self.drop = nn.Dropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x), approximate=self.approximate)))
+        h = self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
+        return F.dropout(h, self.dropout, self.training) if self.dropout else h
 
 
 class ScaleDPBlock(nn.Module):
@@ -118,13 +123,22 @@ class ScaleDPBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        # x (B, L, D), c (B, D) -> six (B, D) modulations
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, -1)
-        # Gated residuals x + gate * f(modulated norm(x)), each one fused addcmul.
-        h = self.attn(modulate(self.norm1(x), shift_a, scale_a))  # (B, L, D)
-        x = torch.addcmul(x, gate_a.unsqueeze(1), h)
-        h = self.mlp(modulate(self.norm2(x), shift_m, scale_m))  # (B, L, D)
-        return torch.addcmul(x, gate_m.unsqueeze(1), h)
+        """x (B, L, D), condition c (B, D) -> (B, L, D)."""
+        return self.modulated(x, self.parts(self.adaLN_modulation(c)))
+
+    @staticmethod
+    def parts(modulation: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """adaLN output (N, 6D) -> shift, 1 + scale, gate of attention and MLP, each (N, 1, D)."""
+        return adaln_parts(modulation, 6, scales=(1, 4))
+
+    def modulated(self, x: torch.Tensor, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """x (B, L, D) with this block's adaLN `parts` already computed."""
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = parts  # (B, 1, D) each
+        # Modulation and gated residual x + gate * f(...), each one fused addcmul.
+        h = self.attn(torch.addcmul(shift_a, self.norm1(x), scale_a))  # (B, L, D)
+        x = torch.addcmul(x, gate_a, h)
+        h = self.mlp(torch.addcmul(shift_m, self.norm2(x), scale_m))  # (B, L, D)
+        return torch.addcmul(x, gate_m, h)
 
 
 class FinalLayer(nn.Module):
@@ -136,8 +150,17 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return modulate(self.norm(x), shift, scale)
+        return self.modulated(x, self.parts(self.adaLN_modulation(c)))
+
+    @staticmethod
+    def parts(modulation: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """adaLN output (N, 2D) -> shift, 1 + scale, each (N, 1, D)."""
+        return adaln_parts(modulation, 2, scales=(1,))
+
+    def modulated(self, x: torch.Tensor, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """x (B, L, D) with the adaLN `parts` already computed."""
+        shift, scale = parts
+        return torch.addcmul(shift, self.norm(x), scale)
 
 
 @dataclass
@@ -155,19 +178,34 @@ class PreparedCondition:
     pos_embed: torch.Tensor | None = None
 
 
+@dataclass
+class StepModulation:
+    """Every adaLN input of one denoising step, split into (B, 1, D) parts: six per block
+    (`ScaleDPBlock.parts`), two for the final layer.
+
+    They depend on the condition and the timestep alone, so a sampler that knows its schedule
+    computes all its steps' at once (`Denoiser.steps`): one matmul per block reads its weights
+    once per chunk, not once per step.
+    """
+
+    blocks: list[tuple[torch.Tensor, ...]]
+    final: tuple[torch.Tensor, ...]
+
+
 class ScaleDP(nn.Module):
     """The action expert: predicts the noise in a noisy action chunk.
 
     Set `gradient_checkpointing = True` to recompute each block in the backward pass (saves
     activation memory in training; no effect in eval or under `torch.no_grad`). Call
     `compile_steps()` to run inference denoising steps through `torch.compile` (off by default).
+    `denoiser` gives the per-condition function the diffusion loss and the samplers call.
     """
 
     def __init__(self, config: ScaleDPConfig) -> None:
         super().__init__()
         self.config = config
         self.gradient_checkpointing = False
-        self.compiled_step: Callable[..., torch.Tensor] | None = None
+        self.compiled_trunk: Callable[..., torch.Tensor] | None = None
         D = config.width
         names = list(config.embodiments)
         # Per-embodiment projections in and out of the shared trunk (the released layout has
@@ -222,46 +260,13 @@ class ScaleDP(nn.Module):
             nn.init.zeros_(head.weight)
             nn.init.zeros_(head.bias)
 
-    def _check_condition(self, cond: torch.Tensor, state: torch.Tensor, embodiment: str) -> None:
-        cfg = self.config
-        if embodiment not in cfg.embodiments:
-            raise ValueError(
-                f"unknown embodiment {embodiment!r}; this ScaleDP has {sorted(cfg.embodiments)}"
-            )
-        state_dim = cfg.embodiments[embodiment][1]
-        B = cond.shape[0] if cond.ndim else 0
-        if cond.shape != (B, cfg.cond_dim):
-            raise ValueError(f"cond: expected ({B}, {cfg.cond_dim}), got {tuple(cond.shape)}")
-        if state.shape != (B, state_dim):
-            raise ValueError(
-                f"state: expected ({B}, {state_dim}) for {embodiment!r}, got {tuple(state.shape)}"
-            )
-
-    def _check_step(
-        self, noisy_actions: torch.Tensor, timesteps: torch.Tensor, batch: int, embodiment: str
-    ) -> None:
-        cfg = self.config
-        action_dim = cfg.embodiments[embodiment][0]
-        if noisy_actions.ndim != 3 or noisy_actions.shape[-1] != action_dim:
-            raise ValueError(
-                f"noisy_actions: expected (B, Hc, {action_dim}) for {embodiment!r}, "
-                f"got {tuple(noisy_actions.shape)}"
-            )
-        B, Hc = noisy_actions.shape[:2]
-        if not 1 <= Hc <= cfg.chunk_size:
-            raise ValueError(f"noisy_actions: expected 1 <= Hc <= {cfg.chunk_size}, got Hc={Hc}")
-        if timesteps.shape != (B,):
-            raise ValueError(f"timesteps: expected ({B},), got {tuple(timesteps.shape)}")
-        if batch != B:
-            raise ValueError(f"noisy_actions: expected batch {batch} (the condition's), got {B}")
-
     def prepare(
         self, cond: torch.Tensor, state: torch.Tensor, embodiment: str
     ) -> PreparedCondition:
         """Check (cond, state) and compute the timestep-free part of the adaLN condition once:
         cond (B, C), state (B, S_e) -> MLP(cond ++ projected state) (B, D), plus constants
         (released layout: cond_obs_emb(combine(cond ++ state)))."""
-        self._check_condition(cond, state, embodiment)
+        self.config.check_condition(tuple(cond.shape), tuple(state.shape), embodiment)
         dtype = self.pos_embed.dtype
         s = state.to(dtype)
         if embodiment in self.state_in:
@@ -274,48 +279,66 @@ class ScaleDP(nn.Module):
         freqs = self.t_embedder.frequencies(embedding.device)  # (freq_dim / 2,)
         return PreparedCondition(embedding, freqs)
 
-    def denoise_step(
+    def modulations(self, c: torch.Tensor) -> StepModulation:
+        """Condition + timestep embedding c (N, D) -> every block's and the final layer's adaLN
+        parts for those N rows."""
+        blocks = [block.parts(block.adaLN_modulation(c)) for block in self.blocks]
+        return StepModulation(blocks, self.final_layer.parts(self.final_layer.adaLN_modulation(c)))
+
+    def schedule_modulations(
+        self, prepared: PreparedCondition, timesteps: torch.Tensor
+    ) -> list[StepModulation]:
+        """A whole sampling schedule's adaLN parts at once: timesteps (T, B) -> T steps'."""
+        T, B = timesteps.shape
+        t_emb = self.t_embedder(timesteps.flatten(), prepared.freqs).view(T, B, -1)  # (T, B, D)
+        every = self.modulations((prepared.embedding + t_emb).flatten(0, 1))  # rows T * B
+
+        def per_step(parts: tuple[torch.Tensor, ...]) -> list[tuple[torch.Tensor, ...]]:
+            # each part (T * B, 1, D) -> T steps of (B, 1, D)
+            return list(zip(*(part.view(T, B, 1, -1).unbind(0) for part in parts), strict=True))
+
+        blocks = [per_step(parts) for parts in every.blocks]
+        final = per_step(every.final)
+        return [StepModulation([b[k] for b in blocks], final[k]) for k in range(T)]
+
+    def trunk(
         self,
         noisy_actions: torch.Tensor,
-        timesteps: torch.Tensor,
-        condition: torch.Tensor,
+        modulation: StepModulation,
         embodiment: str,
         pos_embed: torch.Tensor,
-        freqs: torch.Tensor,
     ) -> torch.Tensor:
-        """One denoising pass on checked inputs: (B, Hc, A_e), (B,), (B, D) from `condition`,
-        pos_embed (1, Hc, D), freqs from `TimestepEmbedder.frequencies` -> noise (B, Hc, A_e)."""
+        """One denoising pass on checked inputs with its adaLN outputs: (B, Hc, A_e), the step's
+        `StepModulation`, pos_embed (1, Hc, D) -> the prediction (B, Hc, A_e)."""
         x = self.action_in[embodiment](noisy_actions.to(pos_embed.dtype))  # (B, Hc, D)
         x = x + pos_embed  # (B, Hc, D)
-        c = condition + self.t_embedder(timesteps, freqs)  # (B, D)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
-            x = checkpoint(block, x, c, use_reentrant=False) if recompute else block(x, c)
-        x = self.final_layer(x, c)  # (B, Hc, D)
+        for block, mod in zip(self.blocks, modulation.blocks, strict=True):
+            if recompute:
+                x = checkpoint(block.modulated, x, mod, use_reentrant=False)
+            else:
+                x = block.modulated(x, mod)
+        x = self.final_layer.modulated(x, modulation.final)  # (B, Hc, D)
         return self.action_out[embodiment](x)  # (B, Hc, A_e)
 
     def compile_steps(self, enabled: bool = True) -> None:
-        """Run `denoise_step` through `torch.compile` in eval mode without autograd (sampling).
+        """Run the denoising trunk through `torch.compile` in eval mode without autograd
+        (sampling).
 
         The first step of each new shape compiles (tens of seconds); later chunks reuse it.
         Training and grad-enabled calls stay eager. On a 2-core CPU the tiny expert's steps take
         ~0.8x the eager time; outputs match eager to float rounding (~1e-6).
         """
-        self.compiled_step = torch.compile(self.denoise_step, dynamic=False) if enabled else None
+        self.compiled_trunk = torch.compile(self.trunk, dynamic=False) if enabled else None
 
-    def denoiser(
-        self, cond: torch.Tensor, state: torch.Tensor, embodiment: str
-    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def denoiser(self, cond: torch.Tensor, state: torch.Tensor, embodiment: str) -> Denoiser:
         """`denoise(noisy, timesteps)` for one condition, as the diffusion loss and sampler use.
 
         The chunk's constants (state projection, condition MLP, sinusoid frequencies, the
         positional slice) and the input checks run once, not per step. Each step is still a
         call of this module, so its hooks see every pass.
         """
-        prepared = self.prepare(cond, state, embodiment)
-        return lambda noisy, timesteps: self(
-            noisy, timesteps, cond, state, embodiment, prepared=prepared
-        )
+        return Denoiser(self, cond, state, embodiment)
 
     def forward(
         self,
@@ -325,25 +348,56 @@ class ScaleDP(nn.Module):
         state: torch.Tensor,
         embodiment: str,
         prepared: PreparedCondition | None = None,
+        modulation: StepModulation | None = None,
     ) -> torch.Tensor:
         """(B, Hc, A_e), (B,), (B, C), (B, S_e), name -> predicted noise (B, Hc, A_e).
 
-        `prepared` (from `prepare` on the same cond, state and embodiment) skips recomputing it.
+        `prepared` (from `prepare` on the same cond, state and embodiment) skips recomputing it;
+        `modulation` (from `schedule_modulations` for these timesteps) skips the timestep
+        embedding and the adaLN projections.
         """
         if prepared is None:
             prepared = self.prepare(cond, state, embodiment)
         shapes = (noisy_actions.shape, timesteps.shape)
         if shapes != prepared.checked:
-            self._check_step(noisy_actions, timesteps, cond.shape[0], embodiment)
+            self.config.check_step(
+                tuple(noisy_actions.shape), tuple(timesteps.shape), cond.shape[0], embodiment
+            )
             prepared.checked = shapes
             prepared.pos_embed = self.pos_embed[:, : noisy_actions.shape[1]]  # (1, Hc, D)
+        if modulation is None:
+            c = prepared.embedding + self.t_embedder(timesteps, prepared.freqs)  # (B, D)
+            modulation = self.modulations(c)
         sampling = not (self.training or torch.is_grad_enabled())
-        step = self.compiled_step if sampling and self.compiled_step else self.denoise_step
-        return step(
-            noisy_actions,
-            timesteps,
-            prepared.embedding,
-            embodiment,
-            prepared.pos_embed,
-            prepared.freqs,
-        )
+        trunk = self.compiled_trunk if sampling and self.compiled_trunk else self.trunk
+        return trunk(noisy_actions, modulation, embodiment, prepared.pos_embed)
+
+
+class Denoiser:
+    """One condition's denoising function: `denoise(noisy (B, Hc, A_e), timesteps (B,))`.
+
+    `steps(timesteps)` serves a sampler that knows its whole schedule: the T steps' adaLN
+    outputs come from one batched pass (`ScaleDP.schedule_modulations`) and each returned
+    function runs only the trunk. Every step is a call of the module, as with `__call__`.
+    """
+
+    def __init__(
+        self, model: ScaleDP, cond: torch.Tensor, state: torch.Tensor, embodiment: str
+    ) -> None:
+        self.model = model
+        self.inputs = (cond, state, embodiment)
+        self.prepared = model.prepare(cond, state, embodiment)
+
+    def __call__(self, noisy_actions: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.model(noisy_actions, timesteps, *self.inputs, prepared=self.prepared)
+
+    def steps(self, timesteps: torch.Tensor) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """timesteps (T, B), the schedule in sampling order -> T functions noisy -> prediction."""
+        modulations = self.model.schedule_modulations(self.prepared, timesteps)
+
+        def step(t: torch.Tensor, modulation: StepModulation) -> Callable:
+            return lambda noisy: self.model(
+                noisy, t, *self.inputs, prepared=self.prepared, modulation=modulation
+            )
+
+        return [step(t, m) for t, m in zip(timesteps, modulations, strict=True)]

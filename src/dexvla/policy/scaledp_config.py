@@ -95,6 +95,38 @@ class ScaleDPConfig:
         state_dim = self.embodiments[embodiment][1]
         return not (self.released and state_dim == self.state_embed_dim)
 
+    def check_condition(
+        self, cond: tuple[int, ...], state: tuple[int, ...], embodiment: str
+    ) -> None:
+        """Refuse a condition (B, cond_dim) or state (B, S_e) shape this expert cannot take."""
+        if embodiment not in self.embodiments:
+            raise ValueError(
+                f"unknown embodiment {embodiment!r}; this ScaleDP has {sorted(self.embodiments)}"
+            )
+        state_dim = self.embodiments[embodiment][1]
+        B = cond[0] if cond else 0
+        if cond != (B, self.cond_dim):
+            raise ValueError(f"cond: expected ({B}, {self.cond_dim}), got {cond}")
+        if state != (B, state_dim):
+            raise ValueError(f"state: expected ({B}, {state_dim}) for {embodiment!r}, got {state}")
+
+    def check_step(
+        self, noisy: tuple[int, ...], timesteps: tuple[int, ...], batch: int, embodiment: str
+    ) -> None:
+        """Refuse a step's noisy chunk (B, Hc, A_e) or timesteps (B,) shape."""
+        action_dim = self.embodiments[embodiment][0]
+        if len(noisy) != 3 or noisy[-1] != action_dim:
+            raise ValueError(
+                f"noisy_actions: expected (B, Hc, {action_dim}) for {embodiment!r}, got {noisy}"
+            )
+        B, Hc = noisy[:2]
+        if not 1 <= Hc <= self.chunk_size:
+            raise ValueError(f"noisy_actions: expected 1 <= Hc <= {self.chunk_size}, got Hc={Hc}")
+        if timesteps != (B,):
+            raise ValueError(f"timesteps: expected ({B},), got {timesteps}")
+        if batch != B:
+            raise ValueError(f"noisy_actions: expected batch {batch} (the condition's), got {B}")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (tuples become lists)."""
         out = asdict(self)

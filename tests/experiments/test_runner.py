@@ -111,7 +111,7 @@ def test_cross_embodiment_pretrains_without_the_hand_and_builds_its_head(tmp_pat
     stage1 = fake.trains()[2]
     assert stage1.config.stage == 1 and not any("hand" in path.name for path in stage1.data)
     assert stage1.config.embodiments == ("aloha", "sawyer", "hand")
-    assert fake.collects()[0].episodes == 10  # a fifth of 50 hand demonstrations
+    assert fake.collects()[0].episodes == BENCH_SIZES["cpu"].episodes // 5  # a fifth
     assert all(train.config.embodiments == ("hand",) for train in fake.trains()[3:])
 
 

@@ -101,7 +101,7 @@ RUN_SIZES: dict[str, RunSize] = {
         ),
         RunSize(
             name="bench-cpu",
-            episodes=50,
+            episodes=100,
             pretrain_tasks=("sawyer-reach", "sawyer-pick-place"),
             pretrain_episodes=10,
             image_size=84,
@@ -110,7 +110,7 @@ RUN_SIZES: dict[str, RunSize] = {
             eval_episodes=50,
             eval_max_steps=None,
             workers=2,
-            description="50 demonstrations, the demo's recipe, 50 evaluation episodes (2-core CPU)",
+            description="100 demonstrations, the demo's recipe, 50 evaluation episodes (2-core CPU)",
             overrides=CPU_RECIPE,
         ),
         RunSize(

@@ -8,13 +8,15 @@ same interpreter and packages.
 
 - `train`: `dexvla train --stage 2 --preset tiny-stage2` for `--steps` steps on `--data` (a
   collected ALOHA LeRobot v3 data set both revisions read), from scratch; the figure is the
-  mean samples/s of the log windows after the first (start-up and cold caches excluded).
+  mean samples/s of the log windows after the first (start-up, compilation and cold caches
+  excluded). `--new-args` adds flags to this checkout's command only (e.g. `--compile`).
 - `inference`: each revision's own `bench/bench_inference.py` (random tiny weights); the
   figures are its wall ms for a chunk with the sub-step regenerated and with it cached.
 
 Ratios are new / old per alternation, then their median.
 
     python bench/bench_revision.py train --data DATA [--rev 7d197a4] [--repeats 2]
+    python bench/bench_revision.py train --data DATA --new-args=--compile
     python bench/bench_revision.py inference [--rev 7d197a4] [--repeats 2]
 """
 
@@ -55,6 +57,8 @@ def train_rate(tree: Path, args: argparse.Namespace, out: Path) -> dict[str, flo
     command = [str(dexvla), "train", "--stage", "2", "--preset", "tiny-stage2"]
     command += ["--data", str(args.data.resolve()), "--out", str(out), "--steps", str(args.steps)]
     command += ["--log-every", str(args.log_every), "--save-every", str(10 * args.steps)]
+    if tree == ROOT:
+        command += args.new_args.split()
     run(tree, command, args.threads, cwd=tree)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [row["samples_per_s"] for row in rows if "samples_per_s" in row][1:]
@@ -87,6 +91,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200, help="train: steps per run")
     parser.add_argument("--log-every", type=int, default=50, help="train: steps per log window")
     parser.add_argument("--reps", type=int, default=9, help="inference: timings per row")
+    parser.add_argument(
+        "--new-args", default="", help="train: flags for this checkout only (e.g. --compile)"
+    )
     args = parser.parse_args()
     if args.mode == "train" and (args.data is None or not args.data.is_dir()):
         parser.error("train needs --data: a collected data set directory")

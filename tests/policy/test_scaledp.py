@@ -306,6 +306,42 @@ def test_compiled_trunk_is_used_only_for_sampling():
     assert calls == [4, 4]
 
 
+def test_compiled_trunk_in_training_only_when_asked():
+    config = tiny_config()
+    model = ScaleDP(config).train()
+    x, t, cond, state, name = inputs(config, "aloha")
+    calls = []
+
+    def fake_compiled(*args):
+        calls.append(len(args))
+        return model.trunk(*args)
+
+    model.compile_steps(training=True)
+    assert model.compile_training
+    model.compiled_trunk = fake_compiled
+    model.denoiser(cond, state, name)(x, t).sum().backward()
+    assert calls == [4]
+    model.compile_steps(enabled=False, training=True)
+    assert model.compiled_trunk is None and not model.compile_training
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_gradients():
+    config = tiny_config()
+    model = ScaleDP(config).train()
+    randomise_zero_inits(model)
+    x, t, cond, state, name = inputs(config, "aloha")
+    model.denoiser(cond, state, name)(x, t).square().sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    model.compile_steps(training=True)
+    model.denoiser(cond, state, name)(x, t).square().sum().backward()
+    got = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert got.keys() == expected.keys()
+    for key, grad in expected.items():
+        torch.testing.assert_close(got[key], grad, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["aloha", "hand"])
 def test_schedule_steps_match_step_by_step_calls(name):
     """`Denoiser.steps` (every step's adaLN outputs from one batched pass) == calling the

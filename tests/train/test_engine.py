@@ -338,6 +338,25 @@ def test_ema_warms_up_then_holds_its_decay() -> None:
     assert ema.decay_at(1) == pytest.approx(2 / 11) and ema.decay_at(1000) == 0.9
 
 
+def test_compile_flag_reaches_the_model(tmp_path: Path) -> None:
+    model = make_policy()
+    calls = []
+    model.compile_expert = lambda: calls.append(1)
+    Trainer(model, ToyDataset(), fast_config(steps=2, compile=True), tmp_path / "on").train()
+    assert calls == [1]
+    Trainer(make_policy(), ToyDataset(), fast_config(steps=2), tmp_path / "off").train()
+    assert calls == [1]
+    # Compiling changes speed, not the run: a run may resume with or without it.
+    resumed = Trainer(
+        make_policy(),
+        ToyDataset(),
+        fast_config(steps=4, compile=True),
+        tmp_path / "off",
+        resume=True,
+    )
+    assert resumed.train().step == 4
+
+
 def test_adamw_uses_the_fused_kernel_and_steps_as_the_reference() -> None:
     """Plain parameters get torch's fused AdamW, whose update equals the single-tensor loop's."""
     torch.manual_seed(0)

@@ -110,7 +110,7 @@ RUN_SIZES: dict[str, RunSize] = {
             eval_episodes=50,
             eval_max_steps=None,
             workers=2,
-            description="100 demonstrations, the demo's recipe, 50 evaluation episodes (2-core CPU)",
+            description="100 demos a task, the demo's recipe, 50 evaluation episodes (2-core CPU)",
             overrides=CPU_RECIPE,
         ),
         RunSize(

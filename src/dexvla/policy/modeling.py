@@ -146,6 +146,10 @@ class DexVLAPolicy(nn.Module):
         self.vlm.activation_checkpointing_enable({"use_reentrant": False})
         self.expert.gradient_checkpointing = True
 
+    def compile_expert(self) -> None:
+        """`torch.compile` ScaleDP's trunk in training steps and in sampling."""
+        self.expert.compile_steps(training=True)
+
     def fsdp_wrap_modules(self) -> list[nn.Module]:
         """Submodules FSDP shards one by one: vision blocks, decoder layers, ScaleDP blocks."""
         return [

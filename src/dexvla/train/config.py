@@ -32,7 +32,16 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 # optimisation trajectory nor the data order. `steps` joins them for the constant schedule only
 # (the cosine schedule's shape depends on the total).
 RESUMABLE_FIELDS = frozenset(
-    {"save_every", "keep_last", "log_every", "num_workers", "device", "strategy", "tensorboard"}
+    {
+        "save_every",
+        "keep_last",
+        "log_every",
+        "num_workers",
+        "device",
+        "strategy",
+        "tensorboard",
+        "compile",
+    }
 )
 FLAG = "flag"  # the field-metadata key of an option's command-line flag
 
@@ -133,6 +142,13 @@ class TrainConfig:
     precision: Precision = field(default="no", metadata=flag(choices=PRECISIONS))
     gradient_checkpointing: bool = field(
         default=False, metadata=switch("recompute activations in the backward pass")
+    )
+    compile: bool = field(
+        default=False,
+        metadata=switch(
+            "torch.compile the action expert's trunk (forward and backward); the first step "
+            "compiles it (~20 s on a CPU)"
+        ),
     )
     device: str = field(default="auto", metadata=flag(help="auto, cpu, cuda, cuda:1, ..."))
     strategy: Strategy = field(default="ddp", metadata=flag(choices=STRATEGIES))

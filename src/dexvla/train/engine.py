@@ -158,6 +158,12 @@ class Trainer:
                 )
             else:
                 enable()
+        if config.compile:
+            compile_expert = getattr(model, "compile_expert", None)
+            if compile_expert is None:
+                log.warning("%s has no compile_expert(); ignoring --compile", type(model).__name__)
+            else:
+                compile_expert()
         self.model = model.to(self.device)
         self.ddp_pending = self.info.enabled and config.strategy == "ddp"
         self.wrapped = self._wrap()

@@ -177,12 +177,16 @@ class Stage1Policy(nn.Module):
             batch[ACTION].to(device, torch.float32).repeat(k, 1, 1),
             batch[ACTION_IS_PAD].to(device).repeat(k, 1),
         )
-        value = float(loss.detach())
+        value = loss.detach()  # a tensor: the step never waits for the device
         return loss, {"loss": value, "action_loss": value}
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute ScaleDP blocks in the backward pass (the encoders run without grad)."""
         self.expert.gradient_checkpointing = True
+
+    def compile_expert(self) -> None:
+        """`torch.compile` ScaleDP's trunk in training steps."""
+        self.expert.compile_steps(training=True)
 
     def fsdp_wrap_modules(self) -> list[nn.Module]:
         return list(self.expert.blocks)

@@ -282,17 +282,23 @@ def test_compiled_steps_match_eager():
     assert model.compiled_trunk is None
 
 
-def test_compiled_trunk_is_used_only_for_sampling():
-    config = tiny_config()
-    model = ScaleDP(config)
-    x, t, cond, state, name = inputs(config, "aloha")
-    calls = []
+def spy_compiled_trunk(model: ScaleDP) -> list[int]:
+    """Install a stand-in compiled trunk that records each call's argument count."""
+    calls: list[int] = []
 
     def fake_compiled(*args):
         calls.append(len(args))
         return model.trunk(*args)
 
     model.compiled_trunk = fake_compiled
+    return calls
+
+
+def test_compiled_trunk_is_used_only_for_sampling():
+    config = tiny_config()
+    model = ScaleDP(config)
+    x, t, cond, state, name = inputs(config, "aloha")
+    calls = spy_compiled_trunk(model)
     model.train()
     model.denoiser(cond, state, name)(x, t)
     with torch.no_grad():
@@ -310,15 +316,9 @@ def test_compiled_trunk_in_training_only_when_asked():
     config = tiny_config()
     model = ScaleDP(config).train()
     x, t, cond, state, name = inputs(config, "aloha")
-    calls = []
-
-    def fake_compiled(*args):
-        calls.append(len(args))
-        return model.trunk(*args)
-
     model.compile_steps(training=True)
     assert model.compile_training
-    model.compiled_trunk = fake_compiled
+    calls = spy_compiled_trunk(model)
     model.denoiser(cond, state, name)(x, t).sum().backward()
     assert calls == [4]
     model.compile_steps(enabled=False, training=True)

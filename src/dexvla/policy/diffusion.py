@@ -86,6 +86,23 @@ class DiffusionConfig:
         return cls(**data)
 
 
+def make_scheduler(config: DiffusionConfig) -> SchedulerMixin:
+    """A new sampling scheduler for `config`; each `ActionDiffusion.sample` call uses its own,
+    so calls never share state."""
+    cls, extra = SCHEDULERS[config.scheduler]
+    kwargs: dict[str, Any] = {
+        "num_train_timesteps": config.num_train_timesteps,
+        "beta_schedule": config.beta_schedule,
+        "prediction_type": config.prediction_type,
+        **extra,
+    }
+    accepted = inspect.signature(cls.__init__).parameters
+    if "clip_sample" in accepted:
+        kwargs["clip_sample"] = config.clip_sample
+        kwargs["clip_sample_range"] = config.clip_sample_range
+    return cls(**kwargs)
+
+
 class ActionDiffusion:
     """Masked denoising loss for training and a fresh-scheduler-per-call sampler."""
 
@@ -100,22 +117,6 @@ class ActionDiffusion:
             clip_sample_range=cfg.clip_sample_range,
             prediction_type=cfg.prediction_type,
         )
-
-    def make_scheduler(self) -> SchedulerMixin:
-        """A new sampling scheduler; each `sample` call uses its own, so calls never share state."""
-        cfg = self.config
-        cls, extra = SCHEDULERS[cfg.scheduler]
-        kwargs: dict[str, Any] = {
-            "num_train_timesteps": cfg.num_train_timesteps,
-            "beta_schedule": cfg.beta_schedule,
-            "prediction_type": cfg.prediction_type,
-            **extra,
-        }
-        accepted = inspect.signature(cls.__init__).parameters
-        if "clip_sample" in accepted:
-            kwargs["clip_sample"] = cfg.clip_sample
-            kwargs["clip_sample_range"] = cfg.clip_sample_range
-        return cls(**kwargs)
 
     def loss(
         self,
@@ -194,7 +195,7 @@ class ActionDiffusion:
         if len(shape) != 3:
             raise ValueError(f"shape: expected (B, Hc, A), got {shape}")
         device = torch.device(device)
-        scheduler = self.make_scheduler()
+        scheduler = make_scheduler(self.config)
         scheduler.set_timesteps(steps, device=device)
         step_takes_generator = "generator" in inspect.signature(scheduler.step).parameters
 

@@ -26,11 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from diffusers import DDIMScheduler
 from transformers import DynamicCache
 from transformers import Qwen2VLForConditionalGeneration as Qwen2VL
 
-from dexvla.policy.diffusion import ActionDiffusion, DenoiseFn, DiffusionConfig
+from dexvla.policy.diffusion import ActionDiffusion, DenoiseFn, DiffusionConfig, make_scheduler
 from dexvla.policy.scaledp import Denoiser
 from dexvla.policy.vlm import PromptBuilder, masked_mean
 from dexvla.schema import Reasoning
@@ -250,25 +249,19 @@ def _continue_with(
     return masked_mean(states, span)
 
 
+@functools.lru_cache(maxsize=16)
 def ddim_schedule(config: DiffusionConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """DDIM's sampling timesteps (T,) long and per-step coefficients (T, 4) fp32: sqrt(a),
-    sqrt(1 - a), sqrt(a_prev), sqrt(1 - a_prev), as diffusers computes them (on the CPU).
+    sqrt(1 - a), sqrt(a_prev), sqrt(1 - a_prev), as the scheduler `ActionDiffusion.sample`
+    uses computes them (on the CPU).
 
-    A function of the configuration alone, so it is built once per configuration, not per chunk.
+    A function of the (frozen) configuration alone, so it is built once per configuration, not
+    per chunk. Callers must not modify the returned tensors.
     """
-    return _ddim_schedule(
-        config.num_train_timesteps, config.beta_schedule, config.num_inference_steps
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _ddim_schedule(
-    train_steps: int, beta_schedule: str, inference_steps: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    scheduler = DDIMScheduler(num_train_timesteps=train_steps, beta_schedule=beta_schedule)
-    scheduler.set_timesteps(inference_steps)
+    scheduler = make_scheduler(config)
+    scheduler.set_timesteps(config.num_inference_steps)
     timesteps = scheduler.timesteps  # (T,) long
-    previous = timesteps - train_steps // inference_steps
+    previous = timesteps - config.num_train_timesteps // config.num_inference_steps
     alpha = scheduler.alphas_cumprod[timesteps]  # (T,) fp32
     alpha_prev = torch.where(
         previous >= 0,

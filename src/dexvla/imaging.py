@@ -30,6 +30,8 @@ def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+    if images.dtype != torch.uint8 and not images.is_floating_point():
+        raise ValueError(f"images must be uint8 or floating point, got {images.dtype}")
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     resized = F.interpolate(to_unit_float(images), size=size, mode="bilinear", antialias=True)

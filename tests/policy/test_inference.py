@@ -292,14 +292,17 @@ def test_torch_ddim_makes_no_host_sync(monkeypatch):
     assert len(calls) == 10 and x.shape == (1, 50, 14)
 
 
-def test_the_processor_takes_uint8_or_float_batches(policy):
+def test_the_processor_resizes_uint8_as_uint8_and_float_as_float(policy):
     processor = policy.processor
     images = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
     resized = processor.resize(images)
-    assert resized.dtype == torch.float32 and resized.shape == (2, 3, 56, 56)
-    torch.testing.assert_close(resized, processor.resize(images.float() / 255))
+    assert resized.dtype == torch.uint8 and resized.shape == (2, 3, 56, 56)
+    as_float = processor.resize(images.float() / 255)
+    assert as_float.dtype == torch.float32 and as_float.shape == (2, 3, 56, 56)
+    # the uint8 result is the float one rounded to the nearest 1/255
+    torch.testing.assert_close(resized.float() / 255, as_float, rtol=0, atol=0.5 / 255 + 1e-6)
     at_size = torch.randint(0, 256, (2, 3, 56, 56), dtype=torch.uint8)
-    torch.testing.assert_close(processor.resize(at_size, "cpu"), at_size.float() / 255)
+    assert torch.equal(processor.resize(at_size, "cpu"), at_size)
     with pytest.raises(ValueError, match="uint8 or floating point"):
         processor.resize(at_size.to(torch.int32))
 

@@ -14,6 +14,7 @@ from dexvla.policy.tokenizer import QWEN_SPECIAL_TOKENS, TOKENIZER_FILE, build_t
 from dexvla.policy.vlm import (
     ANSWER_SUFFIX,
     IGNORE_INDEX,
+    TEMPORAL_PATCH_SIZE,
     ImageEncoder,
     PromptBuilder,
     VLMConfig,
@@ -84,7 +85,7 @@ def test_image_encoder_patches_sample_major():
     cams = [torch.rand(2, 3, 56, 84), torch.rand(2, 3, 56, 84)]
     pixels, grid = encoder(cams)
     assert grid.tolist() == [[1, 4, 6]] * 4
-    assert pixels.shape == (4 * 24, 3 * 2 * 14 * 14)
+    assert pixels.shape == (4 * 24, 3 * 14 * 14)
     single, _ = encoder([cams[0][1:2], cams[1][1:2]])
     torch.testing.assert_close(pixels[48:], single)
 
@@ -99,7 +100,7 @@ def upstream_patches(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def test_image_encoder_equals_the_upstream_image_processor():
     gen = torch.Generator().manual_seed(0)
     cams = [torch.rand(3, 3, 56, 84, generator=gen) for _ in range(2)]
-    pixels, grid = ImageEncoder()(cams)
+    pixels, grid = ImageEncoder(frames=TEMPORAL_PATCH_SIZE)(cams)
     expected, expected_grid = upstream_patches(torch.stack(cams, 1).flatten(0, 1))
     assert pixels.dtype == torch.float32
     torch.testing.assert_close(pixels, expected, rtol=0, atol=1e-6)
@@ -109,9 +110,25 @@ def test_image_encoder_equals_the_upstream_image_processor():
 def test_image_encoder_takes_uint8_images_as_their_value_over_255():
     gen = torch.Generator().manual_seed(1)
     cams = [torch.randint(0, 256, (2, 3, 28, 56), generator=gen, dtype=torch.uint8)]
-    pixels, _ = ImageEncoder()(cams)
+    pixels, _ = ImageEncoder(frames=TEMPORAL_PATCH_SIZE)(cams)
     expected, _ = upstream_patches(cams[0].float() / 255)
     torch.testing.assert_close(pixels, expected, rtol=0, atol=1e-6)
+
+
+def test_image_encoder_one_frame_is_each_upstream_frame():
+    cams = [torch.rand(2, 3, 56, 84), torch.rand(2, 3, 56, 84)]
+    one, _ = ImageEncoder()(cams)
+    two, _ = ImageEncoder(frames=TEMPORAL_PATCH_SIZE)(cams)
+    two = two.view(-1, 3, TEMPORAL_PATCH_SIZE, 14 * 14)
+    for frame in range(TEMPORAL_PATCH_SIZE):
+        assert torch.equal(two[:, :, frame].flatten(1), one)
+    with pytest.raises(ValueError, match="frames must be"):
+        ImageEncoder(frames=3)
+
+
+def test_image_encoder_refuses_integer_images_other_than_uint8():
+    with pytest.raises(ValueError, match="uint8 or floating point"):
+        ImageEncoder()([torch.zeros(1, 3, 28, 28, dtype=torch.int32)])
 
 
 def test_mrope_positions_equal_upstream_rope_index(tiny):
@@ -152,6 +169,8 @@ def test_vision_layout_equals_what_the_tower_derives_from_the_grid():
 
 
 def test_batched_vision_tower_equals_upstream_per_image_attention(tiny):
+    """One frame per patch through `LinearPatchEmbed` and batched attention give what
+    upstream's Conv3d and per-image attention give on the processor's two-frame patches."""
     config, tokenizer, _ = tiny
     torch.manual_seed(0)
     fast = build_vlm(config, tokenizer).model.visual
@@ -159,15 +178,19 @@ def test_batched_vision_tower_equals_upstream_per_image_attention(tiny):
     upstream.patch_embed.__class__ = PatchEmbed
     for block in upstream.blocks:
         block.attn.__class__ = VisionAttention
-    pixels, grid = ImageEncoder()([torch.rand(2, 3, 56, 84), torch.rand(2, 3, 56, 84)])
+    cams = [torch.rand(2, 3, 56, 84), torch.rand(2, 3, 56, 84)]
+    one_frame, grid = ImageEncoder()(cams)
+    two_frames, _ = ImageEncoder(frames=TEMPORAL_PATCH_SIZE)(cams)
     outputs = []
-    for tower in (fast, upstream):
+    for tower, pixels in ((fast, one_frame), (fast, two_frames), (upstream, two_frames)):
+        tower.zero_grad(set_to_none=True)
         out = tower(pixels, grid_thw=grid).pooler_output  # (4 * 6, D)
         out.square().sum().backward()
-        outputs.append((out, [p.grad for p in tower.parameters()]))
-    torch.testing.assert_close(outputs[0][0], outputs[1][0], rtol=1e-5, atol=1e-5)
-    for fast_grad, upstream_grad in zip(outputs[0][1], outputs[1][1], strict=True):
-        torch.testing.assert_close(fast_grad, upstream_grad, rtol=1e-4, atol=1e-5)
+        outputs.append((out, [p.grad.clone() for p in tower.parameters()]))
+    for out, grads in outputs[:2]:
+        torch.testing.assert_close(out, outputs[2][0], rtol=1e-5, atol=1e-5)
+        for grad, upstream_grad in zip(grads, outputs[2][1], strict=True):
+            torch.testing.assert_close(grad, upstream_grad, rtol=1e-4, atol=1e-5)
 
 
 def test_batched_vision_attention_refuses_images_of_different_sizes(tiny):

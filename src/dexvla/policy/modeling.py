@@ -162,9 +162,9 @@ class DexVLAPolicy(nn.Module):
     def vision_inputs(self, batch: dict[str, Any], embodiment: str) -> dict[str, torch.Tensor]:
         """Every camera of `batch`, resized and patchified, as Qwen2-VL's forward takes them.
 
-        pixel_values (B * n_cams * patches, 3 * 2 * 14 * 14), image_grid_thw (B * n_cams, 3).
-        Images (float in [0, 1] or uint8) go to the device first; resizing, normalising and
-        patchifying run there.
+        pixel_values (B * n_cams * patches, 3 * 14 * 14): one frame per patch, which the tower's
+        `LinearPatchEmbed` takes; image_grid_thw (B * n_cams, 3). Images (float in [0, 1] or
+        uint8) go to the device first; resizing, normalising and patchifying run there.
         """
         cameras = [
             self.processor.resize(to_device(batch[image_key(cam)], self.device))  # (B, 3, h, w)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from dexvla.embodiments import get_embodiment
-from dexvla.imaging import resize_images, to_unit_float
+from dexvla.imaging import resize_images
 from dexvla.schema import (
     ACTION,
     EMBODIMENT,
@@ -49,10 +49,11 @@ class DexVLAProcessor:
     def resize(
         self, images: torch.Tensor, device: torch.device | str | None = None
     ) -> torch.Tensor:
-        """Camera images (B, 3, H, W), uint8 or float in [0, 1], -> float32 in [0, 1] at the
-        policy's size, on `device` (default: where they are). uint8 images travel as uint8 and
-        are converted there, so a batch moves to an accelerator at a quarter of the bytes."""
-        return resize_images(to_unit_float(images.to(device)), self.image_size)
+        """Camera images (B, 3, H, W), uint8 or float in [0, 1], at the policy's size, on
+        `device` (default: where they are), in the dtype given. uint8 images stay uint8 (a
+        resized one rounded, exactly as the data workers resize training frames): they move to
+        an accelerator at a quarter of the bytes and are normalised as bytes by the encoder."""
+        return resize_images(images.to(device), self.image_size)
 
     def set_stats(self, stats: DatasetStats) -> None:
         self.stats = stats

@@ -60,11 +60,18 @@ class BatchedVisionAttention(VisionAttention):
 
 class LinearPatchEmbed(PatchEmbed):
     """Qwen2-VL's patch embedding as the matrix product it is: its Conv3d's kernel equals its
-    stride, so one GEMM gives the same result (a 3-D convolution is slow, backward especially)."""
+    stride, so one GEMM gives the same result (a 3-D convolution is slow, backward especially).
+
+    It takes upstream's patches (3 * T * 14 * 14 values, T = 2 identical frames) or one frame
+    per patch (3 * 14 * 14, `ImageEncoder`'s default): every temporal tap of the kernel then
+    sees that frame, so the kernel summed over time gives the same product at half the work.
+    """
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         weight = self.proj.weight  # (D, C, T, P, P)
-        flat = hidden_states.to(weight.dtype).view(-1, weight[0].numel())  # (patches, C*T*P*P)
+        if hidden_states.shape[-1] * self.temporal_patch_size == weight[0].numel():
+            weight = weight.sum(2)  # (D, C, P, P): one frame per patch
+        flat = hidden_states.to(weight.dtype).view(-1, weight[0].numel())  # (patches, C*[T]*P*P)
         return F.linear(flat, weight.flatten(1))  # (patches, D)
 
 

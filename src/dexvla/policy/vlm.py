@@ -287,36 +287,52 @@ class ImageEncoder:
     """Qwen2-VL's image processor (normalise, then patchify) in torch, on the images' device.
 
     Images arrive already resized (by `dexvla.imaging.resize_images`, the one resize of training
-    and inference), so only normalisation and patchifying are left. The output equals
-    `Qwen2VLImageProcessorPil(do_resize=False, do_rescale=False)` on the same images (a test
-    compares them), without the round trip through numpy on the CPU.
+    and inference), so only normalisation and patchifying are left. With `frames=2` the output
+    equals `Qwen2VLImageProcessorPil(do_resize=False, do_rescale=False)` on the same images (a
+    test compares them), without the round trip through numpy on the CPU. The default, one
+    frame per patch, is what the policy feeds its tower: upstream repeats each image
+    TEMPORAL_PATCH_SIZE times, and `LinearPatchEmbed` gives the same product from one copy at
+    half the work (it sums its kernel's temporal taps).
+
+    The patches are gathered in the images' own dtype (bytes, for uint8 frames) and then
+    normalised in one pass: `x * scale + shift`, the processor's `(x / 255 - mean) / std`.
     """
 
-    def __init__(self) -> None:
-        self._stats: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+    def __init__(self, frames: int = 1) -> None:
+        if frames not in (1, TEMPORAL_PATCH_SIZE):
+            raise ValueError(f"frames must be 1 or {TEMPORAL_PATCH_SIZE}, got {frames}")
+        self.frames = frames
+        self._affine: dict[tuple[torch.device, bool], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """OpenAI CLIP's channel mean and std (1, 3, 1, 1), copied to each device once."""
-        if device not in self._stats:
-            mean = torch.tensor(OPENAI_CLIP_MEAN, device=device).view(1, 3, 1, 1)
-            self._stats[device] = (
-                mean,
-                torch.tensor(OPENAI_CLIP_STD, device=device).view(1, 3, 1, 1),
+    def _scale_shift(self, device: torch.device, uint8: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per channel (3, 1): OpenAI CLIP's normalisation as one multiply-add, folding in the
+        1/255 of uint8 images; computed in float64, stored float32, once per device."""
+        key = (device, uint8)
+        if key not in self._affine:
+            mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=torch.float64).view(3, 1)
+            std = torch.tensor(OPENAI_CLIP_STD, dtype=torch.float64).view(3, 1)
+            scale = 1.0 / (std * 255.0 if uint8 else std)
+            self._affine[key] = (
+                scale.to(device, torch.float32),
+                (-mean / std).to(device, torch.float32),
             )
-        return self._stats[device]
+        return self._affine[key]
 
     def __call__(self, cameras: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """cameras: one (B, 3, h, w) tensor per camera, all the same size: float in [0, 1] or
-        uint8 (converted on their device).
+        uint8 (its value / 255).
 
-        Returns pixel_values (B * n_cams * patches, 3 * 2 * 14 * 14) float32 and image_grid_thw
-        (B * n_cams, 3), sample-major (sample 0's cameras first) as the prompt lists them.
+        Returns pixel_values (B * n_cams * patches, 3 * frames * 14 * 14) float32 and
+        image_grid_thw (B * n_cams, 3), sample-major (sample 0's cameras first) as the prompt
+        lists them.
         """
-        images = to_unit_float(torch.stack(cameras, dim=1).flatten(0, 1))  # (N, 3, h, w)
-        mean, std = self._mean_std(images.device)
+        images = torch.stack(cameras, dim=1).flatten(0, 1)  # (N, 3, h, w)
+        uint8 = images.dtype == torch.uint8
+        if not uint8:
+            images = to_unit_float(images)  # float32; refuses other integer types
         n, channels, height, width = images.shape
         rows, cols = height // PATCH_SIZE, width // PATCH_SIZE
-        patches = ((images - mean) / std).reshape(
+        patches = images.reshape(
             n,
             channels,
             rows // MERGE_SIZE,
@@ -328,9 +344,11 @@ class ImageEncoder:
         )
         # (n, rows/2, cols/2, 2, 2, C, 14, 14): each 2x2 block of patches together, row-major
         patches = patches.permute(0, 2, 5, 3, 6, 1, 4, 7)
-        # one image is a clip of TEMPORAL_PATCH_SIZE identical frames
-        patches = patches.unsqueeze(6).expand(*patches.shape[:6], TEMPORAL_PATCH_SIZE, -1, -1)
-        pixel_values = patches.reshape(n * rows * cols, -1)
+        if self.frames > 1:  # upstream's clip of identical frames: (..., C, frames, 14, 14)
+            patches = patches.unsqueeze(6).expand(*patches.shape[:6], self.frames, -1, -1)
+        patches = patches.reshape(n * rows * cols, channels, -1)  # (patches, C, frames * 196)
+        scale, shift = self._scale_shift(images.device, uint8)
+        pixel_values = torch.addcmul(shift, patches, scale).flatten(1)  # float32
         grid = torch.ones(
             n, 3, dtype=torch.long, device=images.device
         )  # (t, h, w) = (1, rows, cols)

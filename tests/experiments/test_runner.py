@@ -8,7 +8,7 @@ import pytest
 
 from dexvla.cli import main
 from dexvla.experiments.pipeline import StepFailed
-from dexvla.experiments.results import SCRIPTED, aggregate
+from dexvla.experiments.results import SCRIPTED, aggregate, compare_arms
 from dexvla.experiments.runner import SuiteRun
 from dexvla.experiments.sizes import BENCH_SIZES, DEMO_SIZES, RUN_SIZES
 from dexvla.experiments.suites import SUITES, Arm, Suite, get_suite
@@ -26,7 +26,9 @@ def test_every_suite_plans_its_steps_and_writes_results(tmp_path, name, fake):
     data = json.loads((tmp_path / name / "results.json").read_text())
     assert {row["arm"] for row in data["rows"]} == {SCRIPTED, *(arm.name for arm in suite.arms)}
     assert (tmp_path / name / "results.png").stat().st_size > 1000
-    assert path.read_text().count("\n| ") == len(data["rows"]) + 1  # and the header
+    assert len(data["comparisons"]) == len(suite.tasks) * (len(suite.arms) - 1)
+    tables = len(data["rows"]) + 1 + (len(data["comparisons"]) + 1 if data["comparisons"] else 0)
+    assert path.read_text().count("\n| ") == tables  # rows and comparisons, with headers
 
 
 def _git(directory: Path, *args: str) -> str:
@@ -150,6 +152,34 @@ def test_aggregate_uses_seed_spread_with_several_seeds_and_wilson_with_one():
     zeros = [{**summaries[0], "successes": 0, "success_rate": 0.0}] * 2
     low, high = aggregate("t", "a", zeros)["ci95"]
     assert low == 0.0 and 0.1 < high < 0.2  # agreeing seeds: the Wilson floor over 20 episodes
+
+
+def test_arms_are_compared_with_the_tasks_first_arm_by_fishers_exact_test():
+    def row(task: str, arm: str, successes: int) -> dict:
+        return {
+            "task": task,
+            "arm": arm,
+            "successes": successes,
+            "episodes": 20,
+            "success_mean": successes / 20,
+        }
+
+    rows = [
+        row("t", SCRIPTED, 20),
+        row("t", "50 demos", 4),
+        row("t", "100 demos", 14),
+        row("t", "same again", 4),
+        row("u", "alone", 3),
+    ]
+    comparisons = compare_arms(rows)
+    assert [(c["arm"], c["against"]) for c in comparisons] == [
+        ("100 demos", "50 demos"),
+        ("same again", "50 demos"),
+    ]
+    assert comparisons[0]["difference"] == pytest.approx(0.5)
+    # 14/20 against 4/20: two-sided p = 0.0036 (the hypergeometric tail, both sides)
+    assert 0.003 < comparisons[0]["fisher_p"] < 0.004
+    assert comparisons[1]["fisher_p"] == pytest.approx(1.0)
 
 
 def test_bad_arms_and_arguments_are_refused(tmp_path, capsys):

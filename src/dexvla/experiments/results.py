@@ -59,6 +59,36 @@ def aggregate(task: str, arm: str, summaries: list[dict[str, Any]]) -> dict[str,
     }
 
 
+def compare_arms(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each task's later arms against its first trained arm (the suite's reference recipe):
+    the difference in success and Fisher's exact test (two-sided) on the pooled episodes.
+
+    Pooling treats every episode as independent, so it ignores the seed-to-seed spread the t
+    interval shows; a small p with overlapping intervals is a reason for more seeds.
+    """
+    from scipy import stats
+
+    comparisons = []
+    for task in dict.fromkeys(row["task"] for row in rows):
+        arms = [r for r in rows if r["task"] == task and r["arm"] != SCRIPTED]
+        for row in arms[1:]:
+            base = arms[0]
+            table = [
+                [row["successes"], row["episodes"] - row["successes"]],
+                [base["successes"], base["episodes"] - base["successes"]],
+            ]
+            comparisons.append(
+                {
+                    "task": task,
+                    "arm": row["arm"],
+                    "against": base["arm"],
+                    "difference": row["success_mean"] - base["success_mean"],
+                    "fisher_p": float(stats.fisher_exact(table).pvalue),
+                }
+            )
+    return comparisons
+
+
 def machine() -> dict[str, Any]:
     import torch
 
@@ -138,6 +168,20 @@ def markdown(suite: Suite, data: dict[str, Any]) -> str:
             value = reference.get(row["task"])
             line += f" {value:.2f} |" if value is not None and row["arm"] != SCRIPTED else " |"
         lines.append(line)
+    if data.get("comparisons"):
+        lines += [
+            "",
+            "Each arm against the task's first arm: Fisher's exact test (two-sided) on the "
+            "pooled episodes, which ignores the seed-to-seed spread (read it with the intervals).",
+            "",
+            "| task | arm | against | difference in success | Fisher's exact p |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {c['task']} | {c['arm']} | {c['against']} | {c['difference']:+.2f} "
+            f"| {c['fisher_p']:.3g} |"
+            for c in data["comparisons"]
+        ]
     if suite.notes:
         lines += ["", suite.notes]
     lines += ["", "![results](results.png)", ""]

@@ -40,6 +40,7 @@ from dexvla.experiments.pipeline import (
 from dexvla.experiments.results import (
     SCRIPTED,
     aggregate,
+    compare_arms,
     git_revision,
     machine,
     markdown,
@@ -292,6 +293,7 @@ class SuiteRun:
             **self.started,
             "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "rows": rows,
+            "comparisons": compare_arms(rows),
             "runs": self.records,
             "timings_s": self.pipeline.timings,
         }

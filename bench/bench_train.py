@@ -18,10 +18,13 @@ next to each other mean something), on the same model, batch size and data:
   `--baseline`, "pipeline, old" has the old forward and the old caches: the training step as
   it was before issue 13 but for the loader, whose row-group reads then decoded 32 frames for
   one (slower still, so its ratio understates the gain).
+- with `--compile`, "bare compiled": the new step after `DexVLAPolicy.compile_blocks()` (vision
+  blocks, decoder layers and the expert's trunk through `torch.compile`), interleaved with the
+  others; its compilation happens in the warm-up steps.
 - the FLOP counter's GFLOP of one forward + backward, the achieved GFLOP/s of each bare step,
   and the fp32 2048^3 matmul GFLOP/s of the same run (what this CPU can do at best).
 
-    nice .venv/bin/python bench/bench_train.py [--steps 30] [--repeats 3] [--baseline]
+    nice .venv/bin/python bench/bench_train.py [--steps 30] [--repeats 3] [--baseline] [--compile]
 """
 
 from __future__ import annotations
@@ -232,6 +235,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="pipeline runs, between bare runs")
     parser.add_argument("--baseline", action="store_true", help="pipeline of the old forward too")
+    parser.add_argument("--compile", action="store_true", help="a compiled bare step too")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -253,9 +257,11 @@ def main() -> None:
         samples = [data.dataset[i] for i in range(args.batch_size)]
         batch = move_to_device(collate_windows(samples), torch.device("cpu"))
 
-        def fresh(old: bool = False) -> torch.nn.Module:
+        def fresh(old: bool = False, compiled: bool = False) -> torch.nn.Module:
             torch.manual_seed(0)
             model = build_model(config, data, None)[0]
+            if compiled:
+                model.compile_blocks()
             return as_baseline(model) if old else model
 
         with torch.random.fork_rng():
@@ -271,6 +277,8 @@ def main() -> None:
         # machine load (the CPU is shared) does not pass for a speed-up or an overhead.
         def bare() -> dict[str, float]:
             models = {"old": fresh(old=True), "new": fresh()}
+            if args.compile:
+                models["compiled"] = fresh(compiled=True)
             return bare_samples_per_s(models, batch, args.steps, args.warmup)
 
         bares = [bare()]
@@ -324,6 +332,10 @@ def main() -> None:
         ratios = [p / q for p, q in zip(pipeline, pipeline_old, strict=True)]
         print(row("pipeline new / old", ratios, f"x  median {statistics.median(ratios):.2f}x"))
     print(row("bare new / old", speedups, f"x  median {statistics.median(speedups):.2f}x"))
+    if args.compile:
+        gains = [b["compiled"] / b["new"] for b in bares]
+        print(row("bare compiled", [b["compiled"] for b in bares], "samples/s"))
+        print(row("compiled / new", gains, f"x  median {statistics.median(gains):.2f}x"))
     print(
         "pipeline overhead:    "
         + " ".join(f"{100 * v:+6.1f}%" for v in overheads)

@@ -341,7 +341,7 @@ def test_ema_warms_up_then_holds_its_decay() -> None:
 def test_compile_flag_reaches_the_model(tmp_path: Path) -> None:
     model = make_policy()
     calls = []
-    model.compile_expert = lambda: calls.append(1)
+    model.compile_blocks = lambda: calls.append(1)
     Trainer(model, ToyDataset(), fast_config(steps=2, compile=True), tmp_path / "on").train()
     assert calls == [1]
     Trainer(make_policy(), ToyDataset(), fast_config(steps=2), tmp_path / "off").train()

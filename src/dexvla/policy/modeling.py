@@ -146,8 +146,18 @@ class DexVLAPolicy(nn.Module):
         self.vlm.activation_checkpointing_enable({"use_reentrant": False})
         self.expert.gradient_checkpointing = True
 
-    def compile_expert(self) -> None:
-        """`torch.compile` ScaleDP's trunk in training steps and in sampling."""
+    def compile_blocks(self) -> None:
+        """`torch.compile` every transformer block, in place (state-dict keys unchanged): the
+        vision tower's blocks, the language model's decoder layers and ScaleDP's trunk (in
+        training steps and in sampling).
+
+        Each block compiles on its first call and again, shape-generic, when a shape changes
+        (prompts vary in length); on a 2-core CPU that is about 30-50 s before the first steps
+        run at full speed, and a tiny stage-2 step then runs 1.16x faster than eager, against
+        1.05x with the trunk alone (bench/bench_train.py --compile, docs/training.md).
+        """
+        for block in (*self.vlm.model.visual.blocks, *self.vlm.model.language_model.layers):
+            block.compile()
         self.expert.compile_steps(training=True)
 
     def fsdp_wrap_modules(self) -> list[nn.Module]:

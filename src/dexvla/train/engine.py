@@ -159,11 +159,11 @@ class Trainer:
             else:
                 enable()
         if config.compile:
-            compile_expert = getattr(model, "compile_expert", None)
-            if compile_expert is None:
-                log.warning("%s has no compile_expert(); ignoring --compile", type(model).__name__)
+            compile_blocks = getattr(model, "compile_blocks", None)
+            if compile_blocks is None:
+                log.warning("%s has no compile_blocks(); ignoring --compile", type(model).__name__)
             else:
-                compile_expert()
+                compile_blocks()
         self.model = model.to(self.device)
         self.ddp_pending = self.info.enabled and config.strategy == "ddp"
         self.wrapped = self._wrap()

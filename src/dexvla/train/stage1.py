@@ -184,8 +184,8 @@ class Stage1Policy(nn.Module):
         """Recompute ScaleDP blocks in the backward pass (the encoders run without grad)."""
         self.expert.gradient_checkpointing = True
 
-    def compile_expert(self) -> None:
-        """`torch.compile` ScaleDP's trunk in training steps."""
+    def compile_blocks(self) -> None:
+        """`torch.compile` ScaleDP's trunk in training steps (the encoders are frozen)."""
         self.expert.compile_steps(training=True)
 
     def fsdp_wrap_modules(self) -> list[nn.Module]:

@@ -151,13 +151,14 @@ class DexVLAPolicy(nn.Module):
         vision tower's blocks, the language model's decoder layers and ScaleDP's trunk (in
         training steps and in sampling).
 
-        Each block compiles on its first call and again, shape-generic, when a shape changes
-        (prompts vary in length); on a 2-core CPU that is about 30-50 s before the first steps
-        run at full speed, and a tiny stage-2 step then runs 1.16x faster than eager, against
-        1.05x with the trunk alone (bench/bench_train.py --compile, docs/training.md).
+        Each block compiles on its first call (the decoder layers for any prompt length): on a
+        2-core CPU, 30-50 s before the first steps run at full speed. A tiny stage-2 run
+        (`dexvla train --compile`) then trains ~1.05-1.07x faster than eager (docs/training.md).
         """
-        for block in (*self.vlm.model.visual.blocks, *self.vlm.model.language_model.layers):
-            block.compile()
+        for block in self.vlm.model.visual.blocks:
+            block.compile(dynamic=False)  # every batch's images are one layout
+        for layer in self.vlm.model.language_model.layers:
+            layer.compile(dynamic=True)  # prompt lengths vary: one shape-generic graph
         self.expert.compile_steps(training=True)
 
     def fsdp_wrap_modules(self) -> list[nn.Module]:

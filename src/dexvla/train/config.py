@@ -146,8 +146,8 @@ class TrainConfig:
     compile: bool = field(
         default=False,
         metadata=switch(
-            "torch.compile the action expert's trunk (forward and backward); the first step "
-            "compiles it (~20 s on a CPU)"
+            "torch.compile every transformer block (vision, decoder layers, the expert's "
+            "trunk), forward and backward; the first steps compile them (~30-50 s on a CPU)"
         ),
     )
     device: str = field(default="auto", metadata=flag(help="auto, cpu, cuda, cuda:1, ..."))

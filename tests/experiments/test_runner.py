@@ -75,12 +75,13 @@ def test_results_outside_a_git_checkout_record_no_revision_and_say_why(tmp_path,
 def test_ablate_stage1_arms_differ_only_in_stage1(tmp_path, fake):
     SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["ci"], 1, tmp_path, fake).run()
     trains = fake.trains()
-    assert [train.config.stage for train in trains] == [1, 2, 3, 2, 3]
-    with_s1, without = trains[1], trains[3]
-    assert with_s1.init == trains[0].out / "final"
-    assert without.init is None
-    assert with_s1.out != without.out
-    assert with_s1.config == without.config  # the same recipe in stage 2
+    assert [train.config.stage for train in trains] == [1, 2, 3, 2, 3] * 2  # two tasks
+    for first in (0, 5):
+        with_s1, without = trains[first + 1], trains[first + 3]
+        assert with_s1.init == trains[first].out / "final"
+        assert without.init is None
+        assert with_s1.out != without.out
+        assert with_s1.config == without.config  # the same recipe in stage 2
 
 
 def test_arms_with_one_stage1_recipe_share_it_and_a_second_run_resumes(tmp_path, capsys, fake):

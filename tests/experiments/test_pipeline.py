@@ -1,6 +1,7 @@
 """The pipeline's steps call the package's functions (not the command line), resume, and fail
 naming the step; stage recipes are the stage presets with the run's overrides."""
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -65,7 +66,9 @@ def test_steps_call_collect_run_stage_and_evaluate(tmp_path, monkeypatch, capsys
     monkeypatch.setattr("dexvla.sim.collect.collect", collect)
     monkeypatch.setattr("dexvla.train.stages.run_stage", run_stage)
     monkeypatch.setattr("dexvla.eval.evaluate.evaluate", evaluate)
-    run = SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["ci"], 1, tmp_path)
+    # ablate-stage1 on its first task: collection, both arms' stages and evaluations
+    suite = dataclasses.replace(get_suite("ablate-stage1"), tasks=("aloha-transfer-cube",))
+    run = SuiteRun(suite, BENCH_SIZES["ci"], 1, tmp_path)
     plan = run.plan()
     run.run(plan)
     trains = [step for step in plan if isinstance(step, Train)]
@@ -79,7 +82,7 @@ def test_steps_call_collect_run_stage_and_evaluate(tmp_path, monkeypatch, capsys
     assert [c.policy for c in calls["evaluate"]] == ["scripted", "checkpoint", "checkpoint"]
     assert set(run.pipeline.timings) == {step.label for step in plan}
     capsys.readouterr()
-    SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["ci"], 1, tmp_path).run()
+    SuiteRun(suite, BENCH_SIZES["ci"], 1, tmp_path).run()
     assert len(calls["run_stage"]) == len(trains)  # finished stages are skipped
     assert len(calls["evaluate"]) == 6  # evaluation resumes inside evaluate()
     assert capsys.readouterr().out.count("exists, skipped") == len(trains)

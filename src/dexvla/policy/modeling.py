@@ -147,14 +147,9 @@ class DexVLAPolicy(nn.Module):
         self.expert.gradient_checkpointing = True
 
     def compile_blocks(self) -> None:
-        """`torch.compile` every transformer block, in place (state-dict keys unchanged): the
-        vision tower's blocks, the language model's decoder layers and ScaleDP's trunk (in
-        training steps and in sampling).
-
-        Each block compiles on its first call (the decoder layers for any prompt length): on a
-        2-core CPU, 30-50 s before the first steps run at full speed. A tiny stage-2 run
-        (`dexvla train --compile`) then trains ~1.05-1.07x faster than eager (docs/training.md).
-        """
+        """`torch.compile` every transformer block in place (state-dict keys unchanged): vision
+        blocks, decoder layers (any prompt length) and ScaleDP's trunk. The first steps compile
+        (30-50 s on a 2-core CPU); a tiny stage-2 run then trains 1.05-1.07x faster than eager."""
         for block in self.vlm.model.visual.blocks:
             block.compile(dynamic=False)  # every batch's images are one layout
         for layer in self.vlm.model.language_model.layers:
@@ -171,12 +166,8 @@ class DexVLAPolicy(nn.Module):
 
     # ----------------------------------------------------------------------- the VLM pass
     def vision_inputs(self, batch: dict[str, Any], embodiment: str) -> dict[str, torch.Tensor]:
-        """Every camera of `batch`, resized and patchified, as Qwen2-VL's forward takes them.
-
-        pixel_values (B * n_cams * patches, 3 * 14 * 14): one frame per patch, which the tower's
-        `LinearPatchEmbed` takes; image_grid_thw (B * n_cams, 3). Images (float in [0, 1] or
-        uint8) go to the device first; resizing, normalising and patchifying run there.
-        """
+        """Every camera of `batch` on the device, resized and patchified: pixel_values
+        (B * n_cams * patches, 3 * 14 * 14), one frame a patch; image_grid_thw (B * n_cams, 3)."""
         cameras = [
             self.processor.resize(to_device(batch[image_key(cam)], self.device))  # (B, 3, h, w)
             for cam in get_embodiment(embodiment).cameras

@@ -242,3 +242,42 @@ def test_results_name_the_sizes_stage_recipe_overrides(tmp_path, fake):
     assert '"prediction_type": "sample"' in path.read_text()
     path = SuiteRun(get_suite("ablate-stage1"), BENCH_SIZES["ci"], 1, tmp_path / "ci", fake).run()
     assert "overrides" not in path.read_text()  # the ci size has none
+
+
+def test_report_only_rerenders_finished_evaluations_keeping_the_runs_provenance(
+    tmp_path, fake, capsys
+):
+    suite, size = get_suite("ablate-stage1"), BENCH_SIZES["ci"]
+    SuiteRun(suite, size, 1, tmp_path, fake, argv=["benchmark", "ablate-stage1"]).run()
+    results = tmp_path / suite.name / "results.json"
+    first = json.loads(results.read_text())
+    first["timings_s"] = {"stage 1 for with stage 1 (stages 1-3) (seed 0)": 123.0}
+    results.write_text(json.dumps(first))
+    ran = type(fake)()
+    SuiteRun(suite, size, 2, tmp_path, ran).report()  # seed 1 was never evaluated
+    assert ran.calls == []
+    again = json.loads(results.read_text())
+    for key in ("command", "date", "finished", "git", "machine", "timings_s"):
+        assert again[key] == first[key], key
+    assert again["rendered"]["date"] >= first["finished"]
+    assert again["rows"] == first["rows"] and again["seeds"] == 2
+    left_out = "not finished, left out: evaluate with stage 1 (stages 1-3) on"
+    assert left_out in capsys.readouterr().out
+    assert "tables re-rendered" in (tmp_path / suite.name / "results.md").read_text()
+
+
+def test_report_only_with_no_finished_evaluation_says_so_and_writes_nothing(tmp_path, capsys):
+    argv = ["benchmark", "ablate-stage1", "--size", "ci", "--out", str(tmp_path), "--report-only"]
+    assert main(argv) == 1
+    assert "no finished evaluation of an arm" in capsys.readouterr().out
+    assert not (tmp_path / "ablate-stage1" / "results.json").exists()
+
+
+def test_report_only_without_earlier_results_says_the_provenance_is_unknown(tmp_path, fake):
+    suite = get_suite("ablate-substeps")
+    SuiteRun(suite, BENCH_SIZES["ci"], 1, tmp_path, fake).run()
+    (tmp_path / suite.name / "results.json").unlink()
+    path = SuiteRun(suite, BENCH_SIZES["ci"], 1, tmp_path, type(fake)()).report()
+    data = json.loads((tmp_path / suite.name / "results.json").read_text())
+    assert data["git"] is None and data["date"] == "unknown" and len(data["rows"]) == 3
+    assert "no earlier results.json" in path.read_text()

@@ -47,6 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per arm and task")
     parser.add_argument("--out", default="runs/benchmarks", help="work directory (shared)")
     add_size_arguments(parser, BENCH_SIZES, default="cpu")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: re-render results.md/json/png from the finished evaluations with "
+        "this revision's tables, keeping the recorded command, dates, revision and timings",
+    )
     parser.set_defaults(func=run_benchmark)
 
     parser = subparsers.add_parser(
@@ -96,9 +102,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
         runner.pipeline.print_plan(plan)
         return 0
     try:
-        path = runner.run(plan)
+        path = runner.report(plan) if args.report_only else runner.run(plan)
     except StepFailed as error:
-        print(f"[benchmark] {error}; re-run the same command to resume", flush=True)
+        resume = "" if args.report_only else "; re-run the same command to resume"
+        print(f"[benchmark] {error}{resume}", flush=True)
         return 1
     print(path.read_text())
     print(f"[benchmark] results: {path}", flush=True)

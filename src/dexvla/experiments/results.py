@@ -143,6 +143,11 @@ def markdown(suite: Suite, data: dict[str, Any]) -> str:
         f"- command: `{data['command']}`",
         f"- started {data['date']}, finished {data['finished']}; {data['git_note']}",
         f"- machine: {', '.join(f'{k} {v}' for k, v in data['machine'].items())}",
+        *(
+            [f"- tables re-rendered {rendered['date']} (`--report-only`); {rendered['git_note']}"]
+            if (rendered := data.get("rendered"))
+            else []
+        ),
         f"- size `{size['name']}`: {size['episodes']} demonstrations per task, "
         f"{size['image_size']} px cameras, training steps {size['steps'][0]} / "
         f"{size['steps'][1]} / {size['steps'][2]} at batch {size['batch_size']}, "

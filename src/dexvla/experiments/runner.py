@@ -26,13 +26,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dexvla.eval.evaluate import EvalConfig
+from dexvla.eval.evaluate import INFO_FILE, EvalConfig
 from dexvla.experiments.pipeline import (
     Collect,
     Evaluate,
     Execute,
     Pipeline,
     Step,
+    StepFailed,
     Train,
     eval_summary,
     stage_recipe,
@@ -49,11 +50,23 @@ from dexvla.experiments.results import (
 )
 from dexvla.experiments.sizes import RunSize
 from dexvla.experiments.suites import Arm, Suite
-from dexvla.io import atomic_write_json, atomic_write_text
+from dexvla.io import atomic_write_json, atomic_write_text, read_json
 from dexvla.policy.configuration import POSITION_CONDITIONS
 from dexvla.train.stages import StageConfig
 
 EVAL_VIDEOS = 2  # mp4s per evaluation, as `dexvla eval` records by default
+PROVENANCE = ("command", "date", "finished", "machine", "git", "git_note", "timings_s")
+UNRECORDED = {  # the provenance of runs whose results.json is gone
+    **dict.fromkeys(("command", "date", "finished"), "unknown"),
+    "git": None,
+    "machine": {},
+    "timings_s": {},
+    "git_note": "git revision of the runs unknown (no earlier results.json)",
+}
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _digest(data: Any) -> str:
@@ -249,7 +262,7 @@ class SuiteRun:
         revision = git_revision(self.out)
         self.started = {
             "command": self.command,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "date": _now(),
             "machine": machine(),
             "git": revision,
             "git_note": revision_note(revision, self.out.resolve()),
@@ -257,18 +270,54 @@ class SuiteRun:
         for step in self.plan() if plan is None else plan:
             self.pipeline.run(step)
             if isinstance(step, Evaluate):
-                self.records.append(
-                    {
-                        "task": step.config.task,
-                        "arm": step.arm,
-                        "seed": step.seed,
-                        "eval_dir": str(step.out.relative_to(self.out)),
-                        "summary": eval_summary(step.out),
-                    }
-                )
+                self.records.append(self.record(step))
                 if step.arm != SCRIPTED:
                     self.write_results()
         return self.write_results()
+
+    def report(self, plan: Sequence[Step] | None = None) -> Path:
+        """Tabulate the finished evaluations again, running nothing (`--report-only`).
+
+        Re-renders results.md/json/png with the current code's tables while keeping the
+        provenance (command, date, machine, git revision) and step timings of the run that
+        made them, as results.json recorded them. Unfinished evaluations are left out and
+        named; with none finished this raises StepFailed.
+        """
+        previous = self.results / "results.json"
+        recorded = read_json(previous, "benchmark results") if previous.is_file() else {}
+        self.started = {
+            **UNRECORDED,
+            **{key: recorded[key] for key in PROVENANCE if key in recorded},
+        }
+        revision = git_revision(self.out)
+        self.started["rendered"] = {
+            "date": _now(),
+            "git": revision,
+            "git_note": revision_note(revision, self.out.resolve()),
+        }
+        missing = []
+        for step in self.plan() if plan is None else plan:
+            if isinstance(step, Evaluate):
+                record = self.record(step) if (step.out / INFO_FILE).is_file() else None
+                if record and record["summary"]["episodes"] == step.config.episodes:
+                    self.records.append(record)
+                else:
+                    missing.append(step.label)
+        if missing:
+            print(f"[{self.pipeline.tag}] not finished, left out: {'; '.join(missing)}")
+        if not any(record["arm"] != SCRIPTED for record in self.records):
+            raise StepFailed(f"no finished evaluation of an arm under {self.out}: run the suite")
+        return self.write_results()
+
+    def record(self, step: Evaluate) -> dict[str, Any]:
+        """The results' entry for one finished evaluation."""
+        return {
+            "task": step.config.task,
+            "arm": step.arm,
+            "seed": step.seed,
+            "eval_dir": str(step.out.relative_to(self.out)),
+            "summary": eval_summary(step.out),
+        }
 
     # ---------------------------------------------------------------------------- results
     def rows(self) -> list[dict[str, Any]]:
@@ -290,12 +339,12 @@ class SuiteRun:
             "seeds": self.seeds,
             "reference": {"name": self.suite.reference_name, "success": self.suite.reference},
             "notes": self.suite.notes,
+            "finished": _now(),
+            "timings_s": self.pipeline.timings,
             **self.started,
-            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "rows": rows,
             "comparisons": compare_arms(rows),
             "runs": self.records,
-            "timings_s": self.pipeline.timings,
         }
         atomic_write_json(self.results / "results.json", data)
         plot_results(self.suite, rows, self.results / "results.png")

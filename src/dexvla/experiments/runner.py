@@ -69,6 +69,12 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
+def _revision(out: Path) -> dict[str, Any]:
+    """The git revision of the checkout holding `out`, and the sentence results.md gives it."""
+    revision = git_revision(out)
+    return {"git": revision, "git_note": revision_note(revision, out.resolve())}
+
+
 def _digest(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
@@ -259,13 +265,11 @@ class SuiteRun:
         Returns results.md. `plan` is `self.plan()` unless given.
         """
         self.out.mkdir(parents=True, exist_ok=True)
-        revision = git_revision(self.out)
         self.started = {
             "command": self.command,
             "date": _now(),
             "machine": machine(),
-            "git": revision,
-            "git_note": revision_note(revision, self.out.resolve()),
+            **_revision(self.out),
         }
         for step in self.plan() if plan is None else plan:
             self.pipeline.run(step)
@@ -289,12 +293,7 @@ class SuiteRun:
             **UNRECORDED,
             **{key: recorded[key] for key in PROVENANCE if key in recorded},
         }
-        revision = git_revision(self.out)
-        self.started["rendered"] = {
-            "date": _now(),
-            "git": revision,
-            "git_note": revision_note(revision, self.out.resolve()),
-        }
+        self.started["rendered"] = {"date": _now(), **_revision(self.out)}
         missing = []
         for step in self.plan() if plan is None else plan:
             if isinstance(step, Evaluate):

@@ -96,7 +96,7 @@ SUITES: dict[str, Suite] = {
             name="ablate-expert-size",
             description="the same data and stages with three expert sizes in the paper's "
             "ratios (93M : 410M : 1B, scaled down to tiny / tiny-l / tiny-h)",
-            # Every size reaches 96/100 on transfer cube at the cpu size (results/README.md):
+            # Every size reaches 95-96/100 on transfer cube at the cpu size (results/README.md):
             # the scripted expert's ceiling. Insertion (60%) leaves a larger expert room to help.
             tasks=("aloha-transfer-cube", "aloha-insertion"),
             arms=(
